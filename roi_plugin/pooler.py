@@ -1,0 +1,530 @@
+# Copyright (c) roi_plugin authors. Licensed under the Apache License 2.0.
+"""Multi-level ROIAlign in pure PyTorch, a drop-in for Detectron2's ``ROIPooler``.
+
+One geometry (FPN level rule, sample coordinates, bilinear taps, validity) is
+shared by two exact samplers:
+
+* ``"gather"`` (default): every output bin is a weighted sum of the feature rows
+  its bilinear taps touch, computed with ``F.embedding_bag(mode="sum")`` on a
+  channels-last view of each level. Bags may differ in length, so adaptive
+  sampling (``sampling_ratio=0``) needs no grouping. Its backward is another
+  ``embedding_bag`` over the transposed (row -> bins) lists, so nothing but
+  indices and weights is kept for it.
+* ``"grid_sample"``: the notebook's formulation done right: one
+  ``F.grid_sample`` call per level (and per adaptive grid size) for all ROIs of
+  all images, ``padding_mode="border"`` plus an explicit validity mask,
+  ``align_corners=False`` with coordinates normalised by each level's own size.
+  ``GridSample`` is a standard ONNX operator, so this sampler exports.
+
+Both reproduce ``torchvision.ops.roi_align`` (the kernel behind Detectron2's
+``ROIPooler``) sample for sample; see ``tests/test_pooler.py``.
+"""
+import math
+from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["ROIAlignPooler", "GridSampleROIPooler", "assign_boxes_to_levels", "SAMPLERS"]
+
+SAMPLERS = ("gather", "grid_sample")
+POOLER_TYPES = {"ROIAlign": False, "ROIAlignV2": True}  # name -> aligned (half-pixel offset)
+
+
+def assign_boxes_to_levels(
+    boxes: torch.Tensor,
+    min_level: int,
+    max_level: int,
+    canonical_box_size: float,
+    canonical_level: int,
+) -> torch.Tensor:
+    """FPN level rule (Lin et al., eq. 1): ``k = clip(k0 + floor(log2(sqrt(wh) / 224)), k_min, k_max)``.
+
+    The arithmetic (area as ``w*h``, the ``1e-8`` inside the log) is Detectron2's, so a box
+    on a level boundary lands where Detectron2 puts it.
+
+    Args:
+        boxes: (N, 4) boxes ``x1, y1, x2, y2`` in input-image pixels.
+    Returns:
+        (N,) int64 level index relative to ``min_level`` (0 for P{min_level}).
+    """
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    level = torch.floor(canonical_level + torch.log2(torch.sqrt(area) / canonical_box_size + 1e-8))
+    level = torch.clamp(level, min=min_level, max=max_level)
+    return level.to(torch.int64) - min_level
+
+
+class _Taps(NamedTuple):
+    """Bilinear taps of the sample points of ROIs that share one grid size (gh, gw).
+
+    ``index`` are row numbers in the level's ``(B*H*W)`` channels-last table and
+    ``weight`` already include validity and the ``1/(gh*gw)`` average, both shaped
+    ``(n, Ph, Pw, gh*2*gw*2)``: one bag of taps per output bin.
+    """
+
+    rois: torch.Tensor  # (n,) positions of these ROIs in the pooler's output
+    index: torch.Tensor
+    weight: torch.Tensor
+
+
+def _axis_samples(
+    start: torch.Tensor, length: torch.Tensor, pooled: int, grid: torch.Tensor, gmax: int, size: int
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sample coordinates along one axis and their two linear-interpolation taps.
+
+    Follows torchvision's ``roi_align`` kernel exactly: bin ``p`` of an ROI starting at
+    ``start`` (already scaled to the level and shifted by -0.5 in aligned mode, so that
+    integer coordinates are pixel *centres*) has ``grid`` samples at the centres of
+    ``grid`` equal sub-bins. A sample further than one pixel outside the map
+    (``c < -1`` or ``c > size``) contributes 0; one within a pixel of the border is
+    clamped onto the border pixel.
+
+    Args:
+        start, length: (n,) ROI start and extent along this axis, in level pixels.
+        pooled: output bins along the axis. size: map size along the axis.
+        grid: (n,) samples per bin of each ROI (>= 1); ``gmax >= grid.max()`` samples
+            are laid out per bin, those past an ROI's own ``grid`` get weight 0.
+    Returns:
+        coord (n, pooled, gmax) sample coordinates (before clamping),
+        low, high (n, pooled, gmax) int64 tap positions, and
+        w_low, w_high (n, pooled, gmax) their weights including ``1/grid``; zero for
+        samples outside the map or past ``grid``.
+    """
+    bin_size = (length / pooled)[:, None, None]
+    g = grid.to(start.dtype)[:, None, None]
+    p = torch.arange(pooled, device=start.device, dtype=start.dtype)[None, :, None]
+    i = torch.arange(gmax, device=start.device, dtype=start.dtype)[None, None, :] + 0.5
+    # Same association as the kernel: start + p*bin + (i+0.5)*bin/grid.
+    coord = start[:, None, None] + p * bin_size + i * bin_size / g
+    valid = (coord >= -1.0) & (coord <= size) & (i < g)
+    c = coord.clamp(min=0)
+    low = c.floor().to(torch.int64)
+    at_edge = low >= size - 1
+    low = torch.where(at_edge, torch.full_like(low, size - 1), low).clamp(min=0)
+    high = torch.where(at_edge, low, low + 1).clamp(max=max(size - 1, 0))
+    frac = torch.where(at_edge, torch.zeros_like(c), c - low.to(c.dtype))
+    scale = valid.to(c.dtype) / g
+    return coord, low, high, (1.0 - frac) * scale, frac * scale
+
+
+def _bucket(g: torch.Tensor) -> torch.Tensor:
+    """Round grid sizes up to a power of two (0 stays 0): few sampling groups per level."""
+    return torch.where(g > 0, 2 ** torch.ceil(torch.log2(g.clamp(min=1).double())).long(), g)
+
+
+class _LevelPlan(NamedTuple):
+    """Everything a sampler needs for the ROIs of one level."""
+
+    level: int
+    groups: List[Tuple[int, int, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]
+    # each group: (gh, gw, rois (n,), batch (n,), y-samples, x-samples); the samples are the
+    # 5-tuples returned by _axis_samples for that group's ROIs.
+
+
+class _GatherROIAlign(torch.autograd.Function):
+    """Multi-level ROIAlign as sums over bags of bilinear taps (``embedding_bag``).
+
+    Forward per level: ``bins = embedding_bag(table, index, offsets, weights)`` where
+    ``table`` is the level viewed channels-last as ``(B*H*W, C)`` (free for channels-last
+    input, one copy otherwise). Only ``index``/``weights`` are saved: the backward is
+    the transposed sum ``grad_table[r] = sum_{taps t on row r} w_t * grad_bins[bin(t)]``,
+    again one ``embedding_bag`` with one (possibly empty) bag per table row, and it is
+    handed back as a channels-last-strided NCHW tensor without a copy. The backward is
+    built from differentiable ops, so double backward works too.
+    """
+
+    @staticmethod
+    def forward(ctx, plans, num_rois, out_hw, compute_dtype, *features):
+        ph, pw = out_hw
+        channels = features[0].shape[1]
+        out = features[0].new_empty((num_rois, channels, ph, pw))
+        saved = []
+        for plan in plans:
+            feat = features[plan.level]
+            b, c, h, w = feat.shape
+            table = _channels_last_table(feat, compute_dtype)
+            bins = F.embedding_bag(
+                plan.index, table, plan.offsets, mode="sum", per_sample_weights=plan.weight
+            )
+            out[plan.rois] = bins.view(-1, ph, pw, c).permute(0, 3, 1, 2).to(out.dtype)
+            saved.append((plan.level, (b, h, w), feat.dtype))
+        ctx.plans = plans
+        ctx.meta = saved
+        ctx.out_hw = out_hw
+        ctx.compute_dtype = compute_dtype
+        ctx.num_features = len(features)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        ph, pw = ctx.out_hw
+        nbins = ph * pw
+        grads: List[Optional[torch.Tensor]] = [None] * ctx.num_features
+        channels = grad_out.shape[1]
+        # One channels-last copy of the incoming gradient serves every level.
+        g = grad_out.permute(0, 2, 3, 1).to(ctx.compute_dtype).reshape(-1, channels)
+        for plan, (level, (b, h, w), dtype) in zip(ctx.plans, ctx.meta):
+            # Tap t feeds output row rois[bag(t) // nbins] * nbins + bag(t) % nbins of g.
+            bag = torch.repeat_interleave(
+                torch.arange(plan.bag_sizes.numel(), device=g.device), plan.bag_sizes
+            )
+            out_row = plan.rois.repeat_interleave(nbins)[bag] * nbins + bag % nbins
+            order = torch.argsort(plan.index, stable=True)
+            rows = torch.arange(b * h * w, device=g.device)
+            offsets = torch.searchsorted(plan.index[order], rows)
+            grad_table = F.embedding_bag(
+                out_row[order], g, offsets, mode="sum", per_sample_weights=plan.weight[order]
+            )
+            grads[level] = grad_table.view(b, h, w, channels).permute(0, 3, 1, 2).to(dtype)
+        return (None, None, None, None, *grads)
+
+
+class _GatherPlan(NamedTuple):
+    level: int
+    rois: torch.Tensor  # (n,) output positions, in bag order
+    index: torch.Tensor  # (T,) table rows of all taps
+    weight: torch.Tensor  # (T,)
+    offsets: torch.Tensor  # (n*Ph*Pw,) start of each bag in index
+    bag_sizes: torch.Tensor  # (n*Ph*Pw,)
+
+
+def _channels_last_table(feat: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(B, C, H, W) -> (B*H*W, C) rows; a view when ``feat`` is already channels-last."""
+    b, c, h, w = feat.shape
+    nhwc = feat.permute(0, 2, 3, 1)
+    if nhwc.is_contiguous() and feat.dtype == dtype:
+        return nhwc.reshape(b * h * w, c)
+    table = torch.empty((b, h, w, c), dtype=dtype, device=feat.device)
+    table.copy_(nhwc)
+    return table.view(b * h * w, c)
+
+
+class ROIAlignPooler(nn.Module):
+    """Multi-level ROIAlign over an FPN, with the constructor and call of Detectron2's ``ROIPooler``.
+
+    Args:
+        output_size: int or (h, w) of each pooled map (7 for the box head, 14 for masks).
+        scales: 1/stride of each input level, finest first, e.g. ``(1/4, 1/8, 1/16, 1/32)``;
+            strides must be consecutive powers of two.
+        sampling_ratio: samples per bin along each axis; 0 = adaptive,
+            ``ceil(roi_size / output_size)`` per ROI and axis, as torchvision does.
+        pooler_type: ``"ROIAlignV2"`` (aligned: a box edge at pixel coordinate x maps to
+            ``x * scale - 0.5`` in the level's pixel-centre coordinates) or ``"ROIAlign"``
+            (legacy, no half-pixel shift, ROI extent clamped to >= 1 level pixel).
+        canonical_box_size, canonical_level: ``k0`` and the 224 of the level rule.
+        sampler: ``"gather"`` (default, fastest on CPU) or ``"grid_sample"``.
+
+    Call: ``pooler(features, box_lists)`` with ``features`` a list of (B, C, H_l, W_l)
+    maps matching ``scales`` and ``box_lists`` a list of B ``Boxes`` or (N_i, 4) tensors
+    in input-image pixels. Returns (sum N_i, C, h, w) in the features' dtype and
+    device, ROIs in input order.
+    """
+
+    def __init__(
+        self,
+        output_size: Union[int, Tuple[int, int]],
+        scales: Sequence[float],
+        sampling_ratio: int,
+        pooler_type: str,
+        canonical_box_size: int = 224,
+        canonical_level: int = 4,
+        *,
+        sampler: str = "gather",
+    ):
+        super().__init__()
+        if isinstance(output_size, int):
+            output_size = (output_size, output_size)
+        output_size = tuple(int(s) for s in output_size)
+        if len(output_size) != 2 or min(output_size) < 1:
+            raise ValueError(f"output_size must be a positive int or (h, w), got {output_size}")
+        if pooler_type not in POOLER_TYPES:
+            raise ValueError(
+                f"pooler_type {pooler_type!r} is not supported; use one of {sorted(POOLER_TYPES)}"
+            )
+        if sampler not in SAMPLERS:
+            raise ValueError(f"sampler {sampler!r} is not supported; use one of {SAMPLERS}")
+        if int(sampling_ratio) != sampling_ratio or sampling_ratio < 0:
+            raise ValueError(f"sampling_ratio must be an int >= 0, got {sampling_ratio}")
+        scales = tuple(float(s) for s in scales)
+        if not scales or min(scales) <= 0:
+            raise ValueError(f"scales must be a non-empty list of positive numbers, got {scales}")
+        levels = [-math.log2(s) for s in scales]
+        if any(not math.isclose(lv, round(lv), abs_tol=1e-6) for lv in levels):
+            raise ValueError(f"every scale must be 1/2^k (stride a power of two), got {scales}")
+        levels = [int(round(lv)) for lv in levels]
+        if levels != list(range(levels[0], levels[0] + len(levels))):
+            raise ValueError(
+                f"scales must be consecutive pyramid levels, finest first, got strides "
+                f"{[2 ** lv for lv in levels]}"
+            )
+        if canonical_box_size <= 0:
+            raise ValueError(f"canonical_box_size must be > 0, got {canonical_box_size}")
+        self.output_size = output_size
+        self.scales = scales
+        self.sampling_ratio = int(sampling_ratio)
+        self.pooler_type = pooler_type
+        self.aligned = POOLER_TYPES[pooler_type]
+        self.sampler = sampler
+        self.min_level = levels[0]
+        self.max_level = levels[-1]
+        self.canonical_box_size = canonical_box_size
+        self.canonical_level = canonical_level
+
+    def extra_repr(self) -> str:
+        return (
+            f"output_size={self.output_size}, scales={self.scales}, sampling_ratio="
+            f"{self.sampling_ratio}, pooler_type={self.pooler_type}, sampler={self.sampler}"
+        )
+
+    # ------------------------------------------------------------------ validation
+    def _check_features(self, x) -> None:
+        if not isinstance(x, (list, tuple)) or not all(isinstance(f, torch.Tensor) for f in x):
+            raise TypeError("features must be a list of tensors, one per pyramid level")
+        if len(x) != len(self.scales):
+            raise ValueError(
+                f"got {len(x)} feature maps but the pooler was built for {len(self.scales)} "
+                f"scales {self.scales}"
+            )
+        ref = x[0]
+        for i, f in enumerate(x):
+            if f.dim() != 4:
+                raise ValueError(f"feature map {i} must be 4-D (B, C, H, W), got {tuple(f.shape)}")
+            if not f.is_floating_point():
+                raise TypeError(f"feature map {i} has dtype {f.dtype}; a floating dtype is needed")
+            if f.shape[:2] != ref.shape[:2] or f.dtype != ref.dtype or f.device != ref.device:
+                raise ValueError(
+                    f"feature map {i} is {tuple(f.shape)} {f.dtype} on {f.device}, but map 0 is "
+                    f"{tuple(ref.shape)} {ref.dtype} on {ref.device}: batch, channels, dtype "
+                    f"and device must agree"
+                )
+            if i > 0:
+                prev = x[i - 1]
+                for axis, name in ((2, "height"), (3, "width")):
+                    if abs(prev.shape[axis] - 2 * f.shape[axis]) > 1:
+                        raise ValueError(
+                            f"feature map sizes do not halve with the stride: level {i - 1} "
+                            f"{name} {prev.shape[axis]} -> level {i} {name} {f.shape[axis]}"
+                        )
+
+    @staticmethod
+    def _check_boxes(box_lists, batch: int, device: torch.device) -> List[torch.Tensor]:
+        if not isinstance(box_lists, (list, tuple)):
+            raise TypeError("box_lists must be a list with one Boxes (or Nx4 tensor) per image")
+        if len(box_lists) != batch:
+            raise ValueError(
+                f"got boxes for {len(box_lists)} images but the features have batch size {batch}"
+            )
+        out = []
+        for i, b in enumerate(box_lists):
+            t = getattr(b, "tensor", b)
+            if not isinstance(t, torch.Tensor):
+                raise TypeError(f"boxes of image {i} are {type(b).__name__}, not Boxes or a tensor")
+            if t.dim() != 2 or t.shape[1] != 4:
+                raise ValueError(f"boxes of image {i} must be Nx4 (x1, y1, x2, y2), got {tuple(t.shape)}")
+            if t.device != device:
+                raise ValueError(f"boxes of image {i} are on {t.device} but the features on {device}")
+            if not t.is_floating_point():
+                t = t.float()
+            if t.numel():
+                if not bool(torch.isfinite(t).all()):
+                    bad = (~torch.isfinite(t)).any(dim=1).nonzero()[0, 0].item()
+                    raise ValueError(f"boxes of image {i} have non-finite coordinates (box {bad}: {t[bad].tolist()})")
+                inverted = (t[:, 2] < t[:, 0]) | (t[:, 3] < t[:, 1])
+                if bool(inverted.any()):
+                    bad = inverted.nonzero()[0, 0].item()
+                    raise ValueError(
+                        f"boxes of image {i} are inverted (x2 < x1 or y2 < y1; box {bad}: "
+                        f"{t[bad].tolist()}); boxes must be x1, y1, x2, y2"
+                    )
+            out.append(t)
+        return out
+
+    # ------------------------------------------------------------------ geometry
+    def _geometry(self, x: List[torch.Tensor], boxes: List[torch.Tensor], dtype: torch.dtype):
+        """Level assignment and per-level sample taps for all ROIs.
+
+        Returns a list of (level, groups), groups as in ``_LevelPlan``.
+        """
+        device = x[0].device
+        all_boxes = torch.cat([b.to(dtype) for b in boxes])
+        batch = torch.cat(
+            [torch.full((len(b),), i, dtype=torch.int64, device=device) for i, b in enumerate(boxes)]
+        )
+        if len(x) == 1:
+            level_of = torch.zeros(len(all_boxes), dtype=torch.int64, device=device)
+        else:
+            level_of = assign_boxes_to_levels(
+                all_boxes, self.min_level, self.max_level, self.canonical_box_size, self.canonical_level
+            )
+        offset = 0.5 if self.aligned else 0.0
+        ph, pw = self.output_size
+        plans = []
+        for level, (feat, scale) in enumerate(zip(x, self.scales)):
+            rois = (level_of == level).nonzero().flatten()
+            if rois.numel() == 0:
+                continue
+            bx = all_boxes[rois] * scale - offset  # level pixel-centre coordinates
+            start_x, start_y = bx[:, 0], bx[:, 1]
+            width, height = bx[:, 2] - bx[:, 0], bx[:, 3] - bx[:, 1]
+            if not self.aligned:  # legacy ROIAlign: force malformed ROIs to be 1x1
+                width, height = width.clamp(min=1.0), height.clamp(min=1.0)
+            if self.sampling_ratio > 0:
+                gh = gw = torch.full_like(rois, self.sampling_ratio)
+            else:
+                gh = torch.ceil(height / ph).to(torch.int64).clamp(min=0)
+                gw = torch.ceil(width / pw).to(torch.int64).clamp(min=0)
+            groups = []
+            # ROIs whose grid sizes round up to the same powers of two are sampled
+            # together on a (Gh, Gw) layout, extra samples masked: one group for a fixed
+            # ratio, a handful per level under adaptive sampling.
+            bh, bw = _bucket(gh), _bucket(gw)
+            key = bh * (int(bw.max()) + 1) + bw
+            for k in torch.unique(key).tolist():
+                sel = (key == k).nonzero().flatten()
+                g_h, g_w = int(gh[sel].max()), int(gw[sel].max())
+                if g_h == 0 or g_w == 0:  # empty aligned ROIs: no samples, output 0
+                    groups.append((0, 0, rois[sel], batch[rois[sel]], None, None))
+                    continue
+                ys = _axis_samples(start_y[sel], height[sel], ph, gh[sel], g_h, feat.shape[2])
+                xs = _axis_samples(start_x[sel], width[sel], pw, gw[sel], g_w, feat.shape[3])
+                groups.append((g_h, g_w, rois[sel], batch[rois[sel]], ys, xs))
+            plans.append(_LevelPlan(level, groups))
+        return plans
+
+    # ------------------------------------------------------------------ samplers
+    def _gather(self, x, plans, num_rois, compute_dtype):
+        ph, pw = self.output_size
+        gplans = []
+        for plan in plans:
+            _, _, h, w = x[plan.level].shape
+            rois, index, weight, sizes = [], [], [], []
+            for g_h, g_w, r, b, ys, xs in plan.groups:
+                n = r.numel()
+                rois.append(r)
+                if ys is None:
+                    sizes.append(torch.zeros(n * ph * pw, dtype=torch.int64, device=r.device))
+                    continue
+                _, ylo, yhi, wylo, wyhi = ys
+                _, xlo, xhi, wxlo, wxhi = xs
+                yi = torch.stack([ylo, yhi], -1)  # (n, ph, gh, 2)
+                xi = torch.stack([xlo, xhi], -1)  # (n, pw, gw, 2)
+                yw = torch.stack([wylo, wyhi], -1)
+                xw = torch.stack([wxlo, wxhi], -1)
+                # (n, ph, pw, gh, 2, gw, 2): a bag of up to 4*gh*gw taps per bin; taps of
+                # weight 0 (padding, outside the map, exact pixel hits) are dropped.
+                row = (b * (h * w))[:, None, None, None, None] + yi[:, :, None, :, :] * w
+                idx = (row[..., None, None] + xi[:, None, :, None, None, :, :]).reshape(n * ph * pw, -1)
+                wt = (yw[:, :, None, :, :, None, None] * xw[:, None, :, None, None, :, :]).reshape(n * ph * pw, -1)
+                keep = wt != 0
+                index.append(idx[keep])
+                weight.append(wt[keep])
+                sizes.append(keep.sum(1))
+            bag_sizes = torch.cat(sizes)
+            offsets = torch.cumsum(bag_sizes, 0) - bag_sizes
+            if index:
+                index_t, weight_t = torch.cat(index), torch.cat(weight).to(compute_dtype)
+            else:
+                index_t = torch.zeros(0, dtype=torch.int64, device=bag_sizes.device)
+                weight_t = torch.zeros(0, dtype=compute_dtype, device=bag_sizes.device)
+            gplans.append(_GatherPlan(plan.level, torch.cat(rois), index_t, weight_t, offsets, bag_sizes))
+        return _GatherROIAlign.apply(gplans, num_rois, self.output_size, compute_dtype, *x)
+
+    def _grid_sample(self, x, plans, num_rois, compute_dtype):
+        ph, pw = self.output_size
+        channels = x[0].shape[1]
+        pieces, order = [], []
+        for plan in plans:
+            feat = x[plan.level]
+            bsz, _, h, w = feat.shape
+            if feat.dtype != compute_dtype:  # grid_sample wants input and grid of one dtype
+                feat = feat.to(compute_dtype)
+            for g_h, g_w, rois, b, ys, xs in plan.groups:
+                n = rois.numel()
+                order.append(rois)
+                if ys is None:  # no samples at all
+                    pieces.append(feat.new_zeros((n, channels, ph, pw)))
+                    continue
+                ycoord, _, _, wylo, wyhi = ys
+                xcoord, _, _, wxlo, wxhi = xs
+                # The position of each ROI among its image's ROIs: grids are padded per image
+                # to the longest list so all images go through one grid_sample call.
+                counts = torch.bincount(b, minlength=bsz)
+                first = torch.cumsum(counts, 0) - counts
+                by_image = torch.argsort(b, stable=True)
+                slot = torch.empty_like(b)
+                slot[by_image] = torch.arange(n, device=b.device) - first[b[by_image]]
+                nmax = int(counts.max())
+                # Normalised coordinates for align_corners=False: pixel centre i <-> (2i+1)/size - 1.
+                # Clamping to the map first makes "border" padding equal the kernel's clamp.
+                gy = (2 * ycoord.clamp(0, h - 1) + 1) / h - 1  # (n, ph, gh)
+                gx = (2 * xcoord.clamp(0, w - 1) + 1) / w - 1  # (n, pw, gw)
+                grid = torch.stack(
+                    torch.broadcast_tensors(gx[:, None, None, :, :], gy[:, :, :, None, None]), -1
+                )  # (n, ph, gh, pw, gw, 2) as (x, y)
+                padded = grid.new_zeros((bsz, nmax, ph * g_h, pw * g_w, 2))
+                padded[b, slot] = grid.reshape(n, ph * g_h, pw * g_w, 2)
+                samples = F.grid_sample(
+                    feat,
+                    padded.view(bsz, nmax * ph * g_h, pw * g_w, 2),
+                    mode="bilinear",
+                    padding_mode="border",
+                    align_corners=False,
+                )  # (B, C, nmax*ph*gh, pw*gw)
+                # Per-sample weight: validity (within one pixel of the map, within the
+                # ROI's own grid) times the 1/(gh*gw) of the mean.
+                vy = (wylo + wyhi).reshape(n, ph * g_h)
+                vx = (wxlo + wxhi).reshape(n, pw * g_w)
+                weight = padded.new_zeros((bsz, nmax, ph * g_h, pw * g_w))
+                weight[b, slot] = vy[:, :, None] * vx[:, None, :]
+                pooled = (samples * weight.view(bsz, 1, nmax * ph * g_h, pw * g_w)).view(
+                    bsz, channels, nmax, ph, g_h, pw, g_w
+                ).sum((4, 6))
+                pieces.append(pooled[b, :, slot])
+        # One gather back to input order (in-place writes would clone the gradient per group).
+        inverse = torch.empty(num_rois, dtype=torch.int64, device=x[0].device)
+        cat_order = torch.cat(order)
+        inverse[cat_order] = torch.arange(num_rois, device=cat_order.device)
+        return torch.cat(pieces)[inverse].to(x[0].dtype)
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, x: List[torch.Tensor], box_lists: List) -> torch.Tensor:
+        """
+        Args:
+            x: list of L feature maps (B, C, H_l, W_l), finest first, matching ``scales``.
+            box_lists: list of B ``Boxes`` (or (N_i, 4) tensors), input-image pixels.
+        Returns:
+            Tensor (sum_i N_i, C, h, w): pooled features, ROIs in input order.
+        """
+        self._check_features(x)
+        batch, channels = x[0].shape[:2]
+        boxes = self._check_boxes(box_lists, batch, x[0].device)
+        num_rois = sum(len(b) for b in boxes)
+        ph, pw = self.output_size
+        if num_rois == 0:
+            return x[0].new_zeros((0, channels, ph, pw))
+        # Geometry in float64 for float64 features (gradcheck), float32 otherwise; half
+        # precision maps are sampled in float32 and the result cast back.
+        compute_dtype = torch.float64 if x[0].dtype == torch.float64 else torch.float32
+        plans = self._geometry(list(x), boxes, compute_dtype)
+        if self.sampler == "gather":
+            return self._gather(list(x), plans, num_rois, compute_dtype)
+        return self._grid_sample(list(x), plans, num_rois, compute_dtype)
+
+
+class GridSampleROIPooler(ROIAlignPooler):
+    """:class:`ROIAlignPooler` fixed to the ``grid_sample`` sampler (the notebook's design, made exact)."""
+
+    def __init__(
+        self,
+        output_size: Union[int, Tuple[int, int]],
+        scales: Sequence[float],
+        sampling_ratio: int,
+        pooler_type: str,
+        canonical_box_size: int = 224,
+        canonical_level: int = 4,
+    ):
+        super().__init__(
+            output_size, scales, sampling_ratio, pooler_type, canonical_box_size, canonical_level,
+            sampler="grid_sample",
+        )
