@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Creates (or reuses) the project's virtualenv at .venv and installs everything into it:
+# torch 2.14.1 + torchvision 0.29.1, detectron2 when none is importable, and roi_plugin in
+# editable mode with its test extras. Idempotent: a second run checks a stamp and returns.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+VENV=.venv
+STAMP="$VENV/.roi_plugin-bootstrap"
+want=$(cat setup.cfg scripts/bootstrap.sh | sha256sum | cut -d' ' -f1)
+
+if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$want" ]] \
+    && "$VENV/bin/python" -c "import detectron2, roi_plugin" 2>/dev/null; then
+  exit 0
+fi
+
+log() { echo "[bootstrap] $*" >&2; }
+if [[ ! -x "$VENV/bin/python" ]]; then
+  if "$PY" -c "import detectron2" 2>/dev/null; then
+    # The user already has detectron2: use theirs (and their torch) through the system site.
+    log "detectron2 found in $("$PY" -c 'import detectron2,os;print(os.path.dirname(detectron2.__file__))'); reusing it"
+    "$PY" -m venv --system-site-packages "$VENV"
+  else
+    "$PY" -m venv "$VENV"
+  fi
+fi
+PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
+# detectron2 still imports pkg_resources, which setuptools 81 removed.
+"${PIP[@]}" install -q "setuptools<81" wheel
+if ! "$VENV/bin/python" -c "import torch, torchvision" 2>/dev/null; then
+  log "installing torch 2.14.1 + torchvision 0.29.1"
+  "${PIP[@]}" install -q torch==2.14.1 torchvision==0.29.1 "numpy<2"
+fi
+if ! "$VENV/bin/python" -c "import detectron2" 2>/dev/null; then
+  # detectron2 is not on the package index under its own name. Its pure-Python code is, as
+  # the wheel sal-detectron2 0.7.2 (tagged cp310; its compiled _C is optional and is
+  # replaced by torchvision ops). Fetch it for 3.10 and install it as a py3 wheel.
+  log "installing detectron2 0.7.2 (sal-detectron2 wheel)"
+  wheels="$VENV/wheels"
+  mkdir -p "$wheels"
+  "${PIP[@]}" download -q --no-deps --only-binary=:all: --python-version 3.10 -d "$wheels" sal-detectron2==0.7.2
+  cp -f "$wheels"/sal_detectron2-0.7.2-cp310-none-any.whl "$wheels"/sal_detectron2-0.7.2-py3-none-any.whl
+  # The wheel pins numpy<2 and does not declare fvcore/iopath, which `import detectron2` needs.
+  "${PIP[@]}" install -q "$wheels"/sal_detectron2-0.7.2-py3-none-any.whl fvcore iopath "numpy<2"
+fi
+log "installing roi_plugin (editable) with test extras"
+"${PIP[@]}" install -q --no-build-isolation -e ".[test]"
+"$VENV/bin/python" -c "import detectron2, roi_plugin, torch; print('[bootstrap] ready: torch', torch.__version__, '| detectron2', detectron2.__version__, '| roi_plugin', roi_plugin.__version__)" >&2
+echo "$want" > "$STAMP"
