@@ -84,17 +84,39 @@ def _axis_samples(
         start, length: (n,) ROI start and extent along this axis, in level pixels.
         pooled: output bins along the axis. size: map size along the axis.
         grid: (n,) samples per bin of each ROI (>= 1); ``gmax >= grid.max()`` samples
-            are laid out per bin, those past an ROI's own ``grid`` get weight 0.
+            are laid out per bin (fewer, see the window below), those past an ROI's own
+            ``grid`` get weight 0.
     Returns:
-        coord (n, pooled, gmax) sample coordinates (before clamping),
-        low, high (n, pooled, gmax) int64 tap positions, and
-        w_low, w_high (n, pooled, gmax) their weights including ``1/grid``; zero for
+        coord (n, pooled, G) sample coordinates (before clamping), G <= gmax,
+        low, high (n, pooled, G) int64 tap positions, and
+        w_low, w_high (n, pooled, G) their weights including ``1/grid``; zero for
         samples outside the map or past ``grid``.
     """
     bin_size = (length / pooled)[:, None, None]
     g = grid.to(start.dtype)[:, None, None]
     p = torch.arange(pooled, device=start.device, dtype=start.dtype)[None, :, None]
-    i = torch.arange(gmax, device=start.device, dtype=start.dtype)[None, None, :] + 0.5
+    # The valid samples of a bin (within [-1, size]) are consecutive, and at most
+    # (size + 1) / spacing + 1 of them. For ROIs much larger than the map (huge boxes,
+    # adaptive sampling gives ceil(extent / pooled) samples per bin) lay out only a window
+    # that starts at each bin's first valid sample: the result is unchanged and memory is
+    # bounded by the map size, not the box size.
+    spacing = (bin_size / g).flatten()
+    spacing = spacing[spacing > 0]
+    window = gmax
+    if spacing.numel():
+        # slack for float32 rounding of far-away coordinates when locating the window
+        far = float((start.abs() + length.abs()).max()) * 2.0 ** -22 / float(spacing.min())
+        margin = 2 + math.ceil(far)
+        bound = math.floor((size + 1) / float(spacing.min())) + 2 + 2 * margin
+        window = min(gmax, bound)
+    k = torch.arange(window, device=start.device, dtype=start.dtype)[None, None, :]
+    if window < gmax:
+        first = (-1.0 - start.double()[:, None, None] - p.double() * bin_size.double()) / (
+            bin_size.double() / g.double()
+        )
+        first = (torch.floor(first - 0.5) - margin).clamp(min=0).to(start.dtype)
+        k = k + first
+    i = k + 0.5
     # Same association as the kernel: start + p*bin + (i+0.5)*bin/grid.
     coord = start[:, None, None] + p * bin_size + i * bin_size / g
     valid = (coord >= -1.0) & (coord <= size) & (i < g)
@@ -388,6 +410,7 @@ class ROIAlignPooler(nn.Module):
                     continue
                 ys = _axis_samples(start_y[sel], height[sel], ph, gh[sel], g_h, feat.shape[2])
                 xs = _axis_samples(start_x[sel], width[sel], pw, gw[sel], g_w, feat.shape[3])
+                g_h, g_w = ys[0].shape[-1], xs[0].shape[-1]  # laid-out samples per bin
                 groups.append((g_h, g_w, rois[sel], batch[rois[sel]], ys, xs))
             plans.append(_LevelPlan(level, groups))
         return plans
