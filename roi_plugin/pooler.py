@@ -135,6 +135,48 @@ def _bucket(g: torch.Tensor) -> torch.Tensor:
     return torch.where(g > 0, 2 ** torch.ceil(torch.log2(g.clamp(min=1).double())).long(), g)
 
 
+# Samples per bin and axis that the static (export) path lays out under adaptive sampling
+# (``sampling_ratio=0``); see ``ROIAlignPooler._grid_sample_static``.
+EXPORT_MAX_GRID = 4
+
+
+def _is_exporting() -> bool:
+    """True while the module is traced (``torch.jit.trace``) or exported (ONNX, ``torch.export``)."""
+    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        return True
+    compiler = getattr(torch, "compiler", None)
+    return bool(compiler is not None and hasattr(compiler, "is_exporting") and compiler.is_exporting())
+
+
+def _static_axis_samples(
+    start: torch.Tensor, length: torch.Tensor, pooled: int, grid: torch.Tensor, gmax: int, size
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_axis_samples` on a fixed ``gmax`` layout, in ``grid_sample``'s coordinates.
+
+    No data-dependent shapes or Python branches, so it traces and exports; ``size`` may be
+    a traced size. Sample coordinates use the same expression as :func:`_axis_samples`,
+    so values are identical to the eager samplers'.
+
+    Args:
+        start, length: (K,) ROI start and extent along this axis, in level pixels.
+        grid: (K,) samples per bin of each ROI (0..gmax); samples past it get weight 0.
+    Returns:
+        norm (K, pooled*gmax) normalised coordinates for ``align_corners=False`` (clamped to
+        the map, so ``padding_mode="border"`` reproduces the kernel's clamp), and
+        weight (K, pooled*gmax): validity times ``1/grid``.
+    """
+    bin_size = (length / pooled)[:, None, None]
+    g = grid.to(start.dtype)[:, None, None]
+    p = torch.arange(pooled, device=start.device, dtype=start.dtype)[None, :, None]
+    i = torch.arange(gmax, device=start.device, dtype=start.dtype)[None, None, :] + 0.5
+    # g == 0 (empty aligned ROI) has no valid sample; clamp only to keep the division finite.
+    coord = start[:, None, None] + p * bin_size + i * bin_size / g.clamp(min=1)
+    valid = (coord >= -1.0) & (coord <= size) & (i < g)
+    norm = (2 * torch.minimum(coord.clamp(min=0), (size - 1) + torch.zeros_like(coord)) + 1) / size - 1
+    weight = valid.to(coord.dtype) / g.clamp(min=1)
+    return norm.flatten(1), weight.flatten(1)
+
+
 class _LevelPlan(NamedTuple):
     """Everything a sampler needs for the ROIs of one level."""
 
@@ -348,7 +390,8 @@ class ROIAlignPooler(nn.Module):
                 raise ValueError(f"boxes of image {i} are on {t.device} but the features on {device}")
             if not t.is_floating_point():
                 t = t.float()
-            if t.numel():
+            # Value checks read data, which a trace would freeze into the graph: skipped there.
+            if t.numel() and not _is_exporting():
                 if not bool(torch.isfinite(t).all()):
                     bad = (~torch.isfinite(t)).any(dim=1).nonzero()[0, 0].item()
                     raise ValueError(f"boxes of image {i} have non-finite coordinates (box {bad}: {t[bad].tolist()})")
@@ -510,6 +553,76 @@ class ROIAlignPooler(nn.Module):
         inverse[cat_order] = torch.arange(num_rois, device=cat_order.device)
         return torch.cat(pieces)[inverse].to(x[0].dtype)
 
+    # ------------------------------------------------------------------ export path
+    def _grid_sample_static(
+        self, x: List[torch.Tensor], rois: torch.Tensor, max_grid: int = EXPORT_MAX_GRID
+    ) -> torch.Tensor:
+        """ROIAlign with static shapes and no Python control flow on data, for tracing and ONNX.
+
+        The eager samplers group ROIs by level and grid size with ``nonzero``/``unique`` and
+        Python loops over the result, which a trace would freeze. Here every ROI is sampled
+        on every level and every image with one ``F.grid_sample`` per level on a fixed
+        ``(gh, gw)`` layout, and the samples are weighted by a mask (level rule x image x
+        validity). The number of ROIs and of images stay dynamic; the cost is
+        ``levels x images`` times the eager work, irrelevant for export.
+
+        Exact (same values as the eager samplers) for ``sampling_ratio > 0``. With adaptive
+        sampling (``sampling_ratio=0``) each ROI uses ``min(ceil(extent / output), max_grid)``
+        samples per bin: exact for every ROI whose adaptive grid is at most ``max_grid``
+        (e.g. all boxes up to ``7 * 4 * stride`` px per side at their level for the
+        7x7 box pooler with the default 4), sub-sampled beyond.
+
+        Args:
+            x: list of L feature maps (B, C, H_l, W_l).
+            rois: (K, 5) ``batch_index, x1, y1, x2, y2`` in input-image pixels (Detectron2's
+                pooler format).
+            max_grid: samples per bin and axis laid out under adaptive sampling.
+        Returns:
+            (K, C, h, w) pooled features in the features' dtype.
+        """
+        ph, pw = self.output_size
+        dtype = x[0].dtype
+        compute_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+        boxes = rois[:, 1:].to(compute_dtype)
+        image = rois[:, 0].to(torch.int64)
+        if len(x) == 1:
+            level_of = torch.zeros_like(image)
+        else:
+            level_of = assign_boxes_to_levels(
+                boxes, self.min_level, self.max_level, self.canonical_box_size, self.canonical_level
+            )
+        offset = 0.5 if self.aligned else 0.0
+        gmax = self.sampling_ratio if self.sampling_ratio > 0 else int(max_grid)
+        if gmax < 1:
+            raise ValueError(f"max_grid must be >= 1 for adaptive sampling, got {max_grid}")
+        out = None
+        for level, (feat, scale) in enumerate(zip(x, self.scales)):
+            bsz, channels, h, w = feat.shape
+            bx = boxes * scale - offset
+            width, height = bx[:, 2] - bx[:, 0], bx[:, 3] - bx[:, 1]
+            if not self.aligned:
+                width, height = width.clamp(min=1.0), height.clamp(min=1.0)
+            if self.sampling_ratio > 0:
+                gh = gw = torch.full_like(image, gmax)
+            else:
+                gh = torch.ceil(height / ph).clamp(min=0, max=gmax).to(torch.int64)
+                gw = torch.ceil(width / pw).clamp(min=0, max=gmax).to(torch.int64)
+            gy, wy = _static_axis_samples(bx[:, 1], height, ph, gh, gmax, h)  # (K, ph*G)
+            gx, wx = _static_axis_samples(bx[:, 0], width, pw, gw, gmax, w)  # (K, pw*G)
+            grid = torch.stack(torch.broadcast_tensors(gx[:, None, :], gy[:, :, None]), -1)
+            grid = grid.reshape(1, -1, pw * gmax, 2).expand(bsz, -1, -1, -1)  # (B, K*ph*G, pw*G, 2)
+            samples = F.grid_sample(
+                feat.to(compute_dtype), grid, mode="bilinear", padding_mode="border", align_corners=False
+            ).reshape(bsz, channels, -1, ph * gmax, pw * gmax)
+            # weight (B, K, ph*G, pw*G): validity x 1/(gh*gw) x "on this level" x "of this image"
+            on_level = (level_of == level).to(compute_dtype)
+            of_image = (image[None, :] == torch.arange(bsz, device=image.device)[:, None]).to(compute_dtype)
+            weight = (wy[:, :, None] * wx[:, None, :] * on_level[:, None, None])[None] * of_image[:, :, None, None]
+            pooled = (samples * weight[:, None]).sum(0)  # (C, K, ph*G, pw*G)
+            pooled = pooled.reshape(channels, -1, ph, gmax, pw, gmax).sum((3, 5)).permute(1, 0, 2, 3)
+            out = pooled if out is None else out + pooled
+        return out.to(dtype)
+
     # ------------------------------------------------------------------ forward
     def forward(self, x: List[torch.Tensor], box_lists: List) -> torch.Tensor:
         """
@@ -524,6 +637,13 @@ class ROIAlignPooler(nn.Module):
         boxes = self._check_boxes(box_lists, batch, x[0].device)
         num_rois = sum(len(b) for b in boxes)
         ph, pw = self.output_size
+        if _is_exporting():
+            # Static-shape path: the eager samplers' grouping would be frozen by a trace.
+            fdt = torch.float64 if x[0].dtype == torch.float64 else torch.float32
+            rois = torch.cat(
+                [torch.cat([torch.full_like(b[:, :1], i), b], 1).to(fdt) for i, b in enumerate(boxes)]
+            )
+            return self._grid_sample_static(list(x), rois)
         if num_rois == 0:
             return x[0].new_zeros((0, channels, ph, pw))
         # Geometry in float64 for float64 features (gradcheck), float32 otherwise; half

@@ -1,0 +1,130 @@
+# Copyright (c) roi_plugin authors. Licensed under the Apache License 2.0.
+"""Export-friendly wrappers of the pooler and of the ROI heads' box branch.
+
+The eager pooler takes a list of per-image ``Boxes``, so a trace would freeze the number
+of images. These wrappers take Detectron2's pooler format instead, one (K, 5) tensor of
+``batch_index, x1, y1, x2, y2``, and call the pooler's static-shape path
+(:meth:`ROIAlignPooler._grid_sample_static`), so the number of ROIs *and* of images are
+dynamic axes of the exported graph. ``tools/export_onnx.py`` uses them.
+"""
+from typing import List, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from .pooler import EXPORT_MAX_GRID, ROIAlignPooler
+
+__all__ = ["ExportablePooler", "ExportableBoxBranch", "export_onnx", "boxes_to_rois"]
+
+
+def boxes_to_rois(box_lists: Sequence[torch.Tensor]) -> torch.Tensor:
+    """List of B (N_i, 4) box tensors (or ``Boxes``) -> (sum N_i, 5) ``batch_index, x1, y1, x2, y2``."""
+    rois = []
+    for i, b in enumerate(box_lists):
+        t = getattr(b, "tensor", b).float()
+        rois.append(torch.cat([torch.full_like(t[:, :1], i), t], 1))
+    return torch.cat(rois)
+
+
+class ExportablePooler(nn.Module):
+    """``forward(*features, rois) -> (K, C, h, w)``: an :class:`ROIAlignPooler` for tracing/ONNX.
+
+    Args:
+        pooler: the pooler to export (either sampler; the export path is ``grid_sample``).
+        max_grid: samples per bin and axis laid out when ``pooler.sampling_ratio == 0``
+            (exact for ROIs whose adaptive grid is at most this; see
+            :meth:`ROIAlignPooler._grid_sample_static`).
+    """
+
+    def __init__(self, pooler: ROIAlignPooler, max_grid: int = EXPORT_MAX_GRID):
+        super().__init__()
+        if not isinstance(pooler, ROIAlignPooler):
+            raise TypeError(f"ExportablePooler needs an ROIAlignPooler, got {type(pooler).__name__}")
+        self.pooler = pooler
+        self.max_grid = int(max_grid)
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            inputs: L feature maps (B, C, H_l, W_l) then rois (K, 5).
+        Returns:
+            (K, C, h, w) pooled features.
+        """
+        *features, rois = inputs
+        return self.pooler._grid_sample_static(list(features), rois, self.max_grid)
+
+
+class ExportableBoxBranch(nn.Module):
+    """Pooler + box head + box predictor of a ``StandardROIHeads`` (e.g. ``PluginROIHeads``).
+
+    ``forward(*features, rois) -> (scores, deltas)``: the predictor's raw outputs,
+    (K, num_classes + 1) classification logits and (K, 4 * num_classes) (or (K, 4),
+    class-agnostic) box deltas. Box decoding, score threshold and NMS stay outside the graph
+    (``predictor.inference`` in PyTorch, or the deployment's own post-processing).
+
+    Args:
+        roi_heads: a ``StandardROIHeads`` whose ``box_pooler`` is an :class:`ROIAlignPooler`.
+        in_features: names of the feature maps fed to the pooler, in order (default
+            ``roi_heads.box_in_features``); only used to document the input order.
+        max_grid: as in :class:`ExportablePooler`.
+    """
+
+    def __init__(self, roi_heads: nn.Module, max_grid: int = EXPORT_MAX_GRID):
+        super().__init__()
+        self.pooler = ExportablePooler(roi_heads.box_pooler, max_grid)
+        self.box_head = roi_heads.box_head
+        self.box_predictor = roi_heads.box_predictor
+        self.in_features: List[str] = list(roi_heads.box_in_features)
+
+    def forward(self, *inputs: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """
+        Args:
+            inputs: the maps named ``in_features`` (B, C, H_l, W_l), then rois (K, 5).
+        Returns:
+            scores (K, num_classes + 1), deltas (K, 4 * num_classes).
+        """
+        box_features = self.box_head(self.pooler(*inputs))
+        scores, deltas = self.box_predictor(box_features)
+        return scores, deltas
+
+
+def export_onnx(
+    module: nn.Module,
+    features: Sequence[torch.Tensor],
+    rois: torch.Tensor,
+    path: str,
+    *,
+    output_names: Sequence[str] = ("pooled",),
+    opset_version: int = 17,
+    dynamic_spatial: bool = True,
+) -> None:
+    """Export an :class:`ExportablePooler` / :class:`ExportableBoxBranch` to ONNX.
+
+    The number of ROIs (``rois`` axis 0) and of images (axis 0 of every map) are dynamic,
+    and so are the maps' heights and widths when ``dynamic_spatial``. Uses the
+    TorchScript-based exporter (``dynamo=False``), the one that takes ``dynamic_axes``.
+
+    Args:
+        features: example maps (B, C, H_l, W_l), one per pooler level.
+        rois: example (K, 5) rois.
+        output_names: one name per output of ``module``.
+    """
+    names = [f"feature{i}" for i in range(len(features))]
+    dynamic = {}
+    for name in names:
+        dynamic[name] = {0: "images", 2: f"{name}_height", 3: f"{name}_width"} if dynamic_spatial else {0: "images"}
+    dynamic["rois"] = {0: "rois"}
+    for name in output_names:
+        dynamic[name] = {0: "rois"}
+    module = module.eval()
+    with torch.no_grad():
+        torch.onnx.export(
+            module,
+            tuple(features) + (rois,),
+            path,
+            input_names=names + ["rois"],
+            output_names=list(output_names),
+            dynamic_axes=dynamic,
+            opset_version=opset_version,
+            dynamo=False,
+        )
