@@ -391,7 +391,7 @@ class ROIAlignPooler(nn.Module):
             if not t.is_floating_point():
                 t = t.float()
             # Value checks read data, which a trace would freeze into the graph: skipped there.
-            if t.numel() and not _is_exporting():
+            if not _is_exporting() and t.numel():
                 if not bool(torch.isfinite(t).all()):
                     bad = (~torch.isfinite(t)).any(dim=1).nonzero()[0, 0].item()
                     raise ValueError(f"boxes of image {i} have non-finite coordinates (box {bad}: {t[bad].tolist()})")
@@ -635,8 +635,6 @@ class ROIAlignPooler(nn.Module):
         self._check_features(x)
         batch, channels = x[0].shape[:2]
         boxes = self._check_boxes(box_lists, batch, x[0].device)
-        num_rois = sum(len(b) for b in boxes)
-        ph, pw = self.output_size
         if _is_exporting():
             # Static-shape path: the eager samplers' grouping would be frozen by a trace.
             fdt = torch.float64 if x[0].dtype == torch.float64 else torch.float32
@@ -644,6 +642,8 @@ class ROIAlignPooler(nn.Module):
                 [torch.cat([torch.full_like(b[:, :1], i), b], 1).to(fdt) for i, b in enumerate(boxes)]
             )
             return self._grid_sample_static(list(x), rois)
+        num_rois = sum(len(b) for b in boxes)
+        ph, pw = self.output_size
         if num_rois == 0:
             return x[0].new_zeros((0, channels, ph, pw))
         # Geometry in float64 for float64 features (gradcheck), float32 otherwise; half

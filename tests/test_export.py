@@ -1,0 +1,255 @@
+"""Export: the pooler and the box branch to ONNX (opset 17) and TorchScript (trace), against eager PyTorch.
+
+Also records what Detectron2's own ``ROIPooler`` does under the same exporter, so the
+README's comparison comes from here.
+"""
+import os
+import runpy
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from detectron2.config import get_cfg
+from detectron2.modeling import build_model
+from detectron2.modeling.poolers import ROIPooler
+from detectron2.structures import Boxes
+
+from roi_plugin import ROIAlignPooler, add_roi_plugin_config
+from roi_plugin.export import ExportableBoxBranch, ExportablePooler, boxes_to_rois, export_onnx
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCALES = (1 / 4, 1 / 8, 1 / 16, 1 / 32)
+TOL = 1e-4
+pytestmark = pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+
+
+def pyramid(batch, height, width, channels=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [
+        torch.randn(batch, channels, height // s, width // s, generator=g) for s in (4, 8, 16, 32)
+    ]
+
+
+def random_boxes(n, height, width, seed, max_side=160.0):
+    """Boxes of all sizes (so all four levels are used), some crossing the border."""
+    g = torch.Generator().manual_seed(seed)
+    xy = torch.rand(n, 2, generator=g) * torch.tensor([width, height]) * 1.2 - 10
+    wh = 1 + torch.rand(n, 2, generator=g) ** 2 * max_side
+    return torch.cat([xy, xy + wh], 1)
+
+
+def run_onnx(path, feats, rois):
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    feed = {f"feature{i}": f.numpy() for i, f in enumerate(feats)}
+    feed["rois"] = rois.numpy()
+    return sess.run(None, feed)
+
+
+# (batch, height, width, ROIs per image): the export uses the first, the graph is run on the
+# others (other ROI counts, image counts and map sizes, one image without ROIs).
+EXPORT_SHAPE = (2, 128, 96, [5, 3])
+RUN_SHAPES = [(3, 160, 128, [4, 0, 9]), (1, 64, 64, [11])]
+
+
+@pytest.mark.parametrize("pooler_type", ["ROIAlignV2", "ROIAlign"])
+@pytest.mark.parametrize("sampling_ratio", [0, 2])
+def test_pooler_onnx_matches_eager(tmp_path, pooler_type, sampling_ratio):
+    pooler = ROIAlignPooler(7, SCALES, sampling_ratio, pooler_type)
+    # max_grid 16 >= every adaptive grid of these boxes (<= 161 px at P2 = 41 px / 7 bins)
+    module = ExportablePooler(pooler, max_grid=16)
+    b, h, w, counts = EXPORT_SHAPE
+    path = str(tmp_path / "pooler.onnx")
+    export_onnx(module, pyramid(b, h, w), boxes_to_rois([random_boxes(n, h, w, i) for i, n in enumerate(counts)]), path)
+    graph = onnx.load(path)
+    onnx.checker.check_model(graph)
+    ops = {n.op_type for n in graph.graph.node}
+    assert "GridSample" in ops and "NonZero" not in ops and "RoiAlign" not in ops
+    for seed, (b, h, w, counts) in enumerate(RUN_SHAPES, 1):
+        feats = pyramid(b, h, w, seed=seed)
+        boxes = [random_boxes(n, h, w, 10 * seed + i) for i, n in enumerate(counts)]
+        with torch.no_grad():
+            eager = pooler(feats, boxes)
+        (got,) = run_onnx(path, feats, boxes_to_rois(boxes))
+        assert got.shape == tuple(eager.shape)
+        np.testing.assert_allclose(got, eager.numpy(), atol=TOL, rtol=0)
+
+
+def test_adaptive_export_caps_the_grid():
+    """Under adaptive sampling, ROIs needing more than ``max_grid`` samples per bin get
+    ``max_grid``: such an ROI pools like a fixed ``sampling_ratio=max_grid`` pooler."""
+    feats = pyramid(1, 128, 128)
+    long_box = [torch.tensor([[2.0, 10.0, 120.0, 16.0]])]  # P2, 118/4 px over 7 bins -> 5 samples
+    adaptive = ROIAlignPooler(7, SCALES, 0, "ROIAlignV2")
+    fixed3 = ROIAlignPooler(7, SCALES, 3, "ROIAlignV2")
+    rois = boxes_to_rois(long_box)
+    capped = ExportablePooler(adaptive, max_grid=3)(*feats, rois)
+    exact = ExportablePooler(adaptive, max_grid=5)(*feats, rois)
+    torch.testing.assert_close(exact, adaptive(feats, long_box), atol=TOL, rtol=0)
+    # y extent 6/4 px -> 1 sample per bin (below the cap), x capped at 3: equals neither
+    # the exact result nor a fixed ratio of 3 on both axes
+    assert (capped - exact).abs().max() > 1e-3
+    assert (capped - fixed3(feats, long_box)).abs().max() > 1e-3
+    square = [torch.tensor([[2.0, 2.0, 120.0, 120.0]])]  # P3: 118/8 px over 7 bins -> 3 samples
+    torch.testing.assert_close(
+        ExportablePooler(adaptive, max_grid=2)(*feats, boxes_to_rois(square)),
+        ROIAlignPooler(7, SCALES, 2, "ROIAlignV2")(feats, square), atol=TOL, rtol=0,
+    )
+
+
+@pytest.mark.parametrize("sampler", ["gather", "grid_sample"])
+def test_pooler_trace_matches_eager(sampler):
+    """``torch.jit.trace`` of the pooler itself (box lists) and of the rois wrapper."""
+    pooler = ROIAlignPooler(7, SCALES, 2, "ROIAlignV2", sampler=sampler)
+    b, h, w, counts = EXPORT_SHAPE
+    feats = pyramid(b, h, w)
+    boxes = [random_boxes(n, h, w, i) for i, n in enumerate(counts)]
+
+    class ListCall(torch.nn.Module):
+        def __init__(self, p):
+            super().__init__()
+            self.p = p
+
+        def forward(self, f0, f1, f2, f3, b0, b1):
+            return self.p([f0, f1, f2, f3], [b0, b1])
+
+    traced_list = torch.jit.trace(ListCall(pooler), (*feats, *boxes), check_trace=False)
+    traced_rois = torch.jit.trace(ExportablePooler(pooler), (*feats, boxes_to_rois(boxes)), check_trace=False)
+    feats2 = pyramid(b, 160, 128, seed=3)
+    boxes2 = [random_boxes(9, 160, 128, 7), random_boxes(0, 160, 128, 8)]
+    eager = pooler(feats2, boxes2)
+    torch.testing.assert_close(traced_list(*feats2, *boxes2), eager, atol=TOL, rtol=0)
+    torch.testing.assert_close(traced_rois(*feats2, boxes_to_rois(boxes2)), eager, atol=TOL, rtol=0)
+    feats3 = pyramid(3, 64, 64, seed=4)
+    boxes3 = [random_boxes(n, 64, 64, 20 + n) for n in (2, 6, 1)]
+    torch.testing.assert_close(
+        traced_rois(*feats3, boxes_to_rois(boxes3)), pooler(feats3, boxes3), atol=TOL, rtol=0
+    )
+
+
+def tiny_cfg():
+    cfg = get_cfg()
+    add_roi_plugin_config(cfg)
+    cfg.merge_from_file(os.path.join(REPO, "configs", "mask_rcnn_R_50_FPN_1x_plugin.yaml"))
+    cfg.merge_from_list([
+        "MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", "MODEL.MASK_ON", "False",
+        "MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64",
+        "MODEL.FPN.OUT_CHANNELS", "16", "MODEL.ROI_BOX_HEAD.FC_DIM", "32",
+        "MODEL.ROI_HEADS.NUM_CLASSES", "3",
+    ])
+    return cfg
+
+
+def test_box_branch_onnx_matches_eager(tmp_path):
+    """Pooler + TwoMLPHead + FastRCNNPredictor of PluginROIHeads (sampling ratio 2: exact)."""
+    cfg = tiny_cfg()
+    cfg.MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO = 2
+    torch.manual_seed(0)
+    heads = build_model(cfg).roi_heads.eval()
+    branch = ExportableBoxBranch(heads)
+    assert branch.in_features == ["p2", "p3", "p4", "p5"]
+    b, h, w, counts = EXPORT_SHAPE
+    path = str(tmp_path / "box_branch.onnx")
+    feats = pyramid(b, h, w, channels=16)
+    export_onnx(branch, feats, boxes_to_rois([random_boxes(n, h, w, i) for i, n in enumerate(counts)]),
+                path, output_names=("scores", "deltas"))
+    for seed, (b, h, w, counts) in enumerate(RUN_SHAPES, 1):
+        feats = pyramid(b, h, w, channels=16, seed=seed)
+        boxes = [random_boxes(n, h, w, 10 * seed + i) for i, n in enumerate(counts)]
+        with torch.no_grad():
+            scores, deltas = heads.box_predictor(heads.box_head(heads.box_pooler(feats, boxes)))
+        got_scores, got_deltas = run_onnx(path, feats, boxes_to_rois(boxes))
+        assert got_scores.shape == (sum(counts), 4) and got_deltas.shape == (sum(counts), 12)
+        np.testing.assert_allclose(got_scores, scores.numpy(), atol=TOL, rtol=0)
+        np.testing.assert_allclose(got_deltas, deltas.numpy(), atol=TOL, rtol=0)
+
+
+def test_export_tool(tmp_path):
+    """tools/export_onnx.py on a config + checkpoint, with its onnxruntime check."""
+    from detectron2.checkpoint import DetectionCheckpointer
+
+    cfg = tiny_cfg()
+    cfg.MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO = 2
+    torch.manual_seed(1)
+    model = build_model(cfg)
+    DetectionCheckpointer(model, save_dir=str(tmp_path)).save("tiny")
+    overrides = [
+        "MODEL.MASK_ON", "False", "MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64",
+        "MODEL.FPN.OUT_CHANNELS", "16", "MODEL.ROI_BOX_HEAD.FC_DIM", "32", "MODEL.ROI_HEADS.NUM_CLASSES", "3",
+        "MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO", "2",
+    ]
+    tool = runpy.run_path(os.path.join(REPO, "tools", "export_onnx.py"), run_name="export_onnx")
+    out = tool["main"]([
+        "--config-file", os.path.join(REPO, "configs", "mask_rcnn_R_50_FPN_1x_plugin.yaml"),
+        "--checkpoint", str(tmp_path / "tiny.pth"), "--output-dir", str(tmp_path / "onnx"),
+        "--height", "128", "--width", "96", "--num-rois", "6", "--verify", *overrides,
+    ])
+    assert os.path.isfile(out["box_branch"]) and os.path.isfile(out["box_pooler"])
+    # sampling ratio 2: the graph equals the eager model, not only the static path
+    for name in ("box_branch", "box_pooler"):
+        assert out[f"{name}_max_rel_diff"] <= TOL
+        assert out[f"{name}_max_rel_diff_eager"] <= TOL
+    # the loaded checkpoint is the one exported: the fc1 weight is in the graph
+    graph = onnx.load(out["box_branch"])
+    fc1 = model.roi_heads.box_head.fc1.weight.detach().numpy()
+    inits = [onnx.numpy_helper.to_array(t) for t in graph.graph.initializer]
+    assert any(a.shape == fc1.shape and np.array_equal(a, fc1) for a in inits) or any(
+        a.shape == fc1.T.shape and np.array_equal(a, fc1.T) for a in inits
+    )
+
+
+# --------------------------------------------------------------------- Detectron2's ROIPooler
+class _D2ListCall(torch.nn.Module):
+    """Detectron2's ROIPooler takes one Boxes per image: one graph input per image."""
+
+    def __init__(self, pooler):
+        super().__init__()
+        self.pooler = pooler
+
+    def forward(self, f0, f1, f2, f3, b0, b1):
+        return self.pooler([f0, f1, f2, f3], [Boxes(b0), Boxes(b1)])
+
+
+@pytest.mark.parametrize("pooler_type,mode", [("ROIAlignV2", b"half_pixel"), ("ROIAlign", b"output_half_pixel")])
+def test_detectron2_roipooler_onnx_behaviour(tmp_path, pooler_type, mode):
+    """Observed: Detectron2's ROIPooler exports with the same exporter (opset 17). Each level is
+    an ONNX ``RoiAlign`` (aligned -> ``half_pixel``, legacy -> ``output_half_pixel``), the level
+    rule is in the graph (Sqrt/Log/Floor/Clip + NonZero + ScatterND), ROI counts per image are
+    dynamic and onnxruntime's RoiAlign equals torchvision's kernel; but the number of images is
+    frozen: one boxes input per image of the example batch."""
+    pooler = ROIPooler(7, SCALES, 0, pooler_type)
+    b, h, w, counts = EXPORT_SHAPE
+    feats = pyramid(b, h, w)
+    boxes = [random_boxes(n, h, w, i) for i, n in enumerate(counts)]
+    names = [f"feature{i}" for i in range(4)] + ["boxes0", "boxes1"]
+    dynamic = {f"feature{i}": {2: f"h{i}", 3: f"w{i}"} for i in range(4)}
+    dynamic.update({"boxes0": {0: "n0"}, "boxes1": {0: "n1"}, "pooled": {0: "rois"}})
+    path = str(tmp_path / "d2_pooler.onnx")
+    torch.onnx.export(
+        _D2ListCall(pooler), (*feats, *boxes), path, input_names=names, output_names=["pooled"],
+        dynamic_axes=dynamic, opset_version=17, dynamo=False,
+    )
+    graph = onnx.load(path)
+    roi_aligns = [n for n in graph.graph.node if n.op_type == "RoiAlign"]
+    assert len(roi_aligns) == 4
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in roi_aligns[0].attribute}
+    assert attrs["coordinate_transformation_mode"] == mode and attrs["sampling_ratio"] == 0
+    ops = {n.op_type for n in graph.graph.node}
+    assert {"NonZero", "ScatterND", "Log", "Floor"} <= ops  # level routing inside the graph
+    assert [i.name for i in graph.graph.input] == names  # one boxes input per image: batch frozen
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    edge = torch.tensor([[3.0, 3, 3, 3], [10, 10, 10.5, 40], [-50, -50, -20, -20], [-1000, -1000, 1000, 1000],
+                         [0, 0, 160, 128], [-3, -3, 1, 1], [55.99, 10, 112.01, 66]])
+    for seed, (h, w, per_image) in enumerate([(160, 128, [random_boxes(4, 160, 128, 5), edge]),
+                                              (64, 64, [random_boxes(11, 64, 64, 6), edge[:0]])], 1):
+        feats = pyramid(2, h, w, seed=seed)
+        with torch.no_grad():
+            eager = pooler(feats, [Boxes(t) for t in per_image])
+            ours = ROIAlignPooler(7, SCALES, 0, pooler_type)(feats, per_image)
+        feed = {f"feature{i}": f.numpy() for i, f in enumerate(feats)}
+        feed.update({"boxes0": per_image[0].numpy(), "boxes1": per_image[1].numpy()})
+        (got,) = sess.run(None, feed)
+        np.testing.assert_allclose(got, eager.numpy(), atol=1e-5, rtol=0)
+        np.testing.assert_allclose(ours.numpy(), eager.numpy(), atol=TOL, rtol=0)
