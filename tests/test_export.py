@@ -129,6 +129,24 @@ def test_pooler_trace_matches_eager(sampler):
     )
 
 
+def test_pooler_torch_export_dynamic_shapes():
+    """``torch.export`` (the graph capture behind ``torch.compile``/dynamo-ONNX) with symbolic
+    numbers of images and ROIs."""
+    pooler = ROIAlignPooler(7, SCALES, 2, "ROIAlignV2")
+    b, h, w, counts = EXPORT_SHAPE
+    feats = pyramid(b, h, w)
+    rois = boxes_to_rois([random_boxes(n, h, w, i) for i, n in enumerate(counts)])
+    images, num_rois = torch.export.Dim("images"), torch.export.Dim("rois")
+    program = torch.export.export(
+        ExportablePooler(pooler), (*feats, rois), dynamic_shapes=(tuple([{0: images}] * 4 + [{0: num_rois}]),)
+    )
+    feats = pyramid(3, h, w, seed=5)  # map sizes were not declared dynamic: other counts only
+    boxes = [random_boxes(n, h, w, 30 + i) for i, n in enumerate([4, 0, 9])]
+    torch.testing.assert_close(
+        program.module()(*feats, boxes_to_rois(boxes)), pooler(feats, boxes), atol=TOL, rtol=0
+    )
+
+
 def tiny_cfg():
     cfg = get_cfg()
     add_roi_plugin_config(cfg)
