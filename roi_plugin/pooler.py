@@ -186,82 +186,107 @@ class _LevelPlan(NamedTuple):
     # 5-tuples returned by _axis_samples for that group's ROIs.
 
 
+class _GatherPlan(NamedTuple):
+    """Bags of bilinear taps of all ROIs, in output order (bag ``k`` is bin ``k % (Ph*Pw)``
+    of ROI ``k // (Ph*Pw)``), indexing the rows of all sampled levels stacked channels-last."""
+
+    levels: List[Tuple[int, int, int, int, int]]  # (level, first row, B, H, W) of each level
+    num_rows: int  # rows of the stacked table: sum of B*H*W over ``levels``
+    index: torch.Tensor  # (T,) table rows of all taps
+    weight: torch.Tensor  # (T,) bilinear weight x validity x 1/(gh*gw)
+    offsets: torch.Tensor  # (N*Ph*Pw,) start of each bag in index
+    bag_sizes: torch.Tensor  # (N*Ph*Pw,)
+
+
 class _GatherROIAlign(torch.autograd.Function):
     """Multi-level ROIAlign as sums over bags of bilinear taps (``embedding_bag``).
 
-    Forward per level: ``bins = embedding_bag(table, index, offsets, weights)`` where
-    ``table`` is the level viewed channels-last as ``(B*H*W, C)`` (free for channels-last
-    input, one copy otherwise). Only ``index``/``weights`` are saved: the backward is
-    the transposed sum ``grad_table[r] = sum_{taps t on row r} w_t * grad_bins[bin(t)]``,
-    again one ``embedding_bag`` with one (possibly empty) bag per table row, and it is
-    handed back as a channels-last-strided NCHW tensor without a copy. The backward is
-    built from differentiable ops, so double backward works too.
+    Forward: ``bins = embedding_bag(table, index, offsets, weights)``, one call for all
+    ROIs of all levels, where ``table`` stacks the sampled levels channels-last as rows
+    ``(sum B*H*W, c)``. The table is built ``_CHANNEL_CHUNK`` channels at a time, so the
+    transient copy is a fraction of the pyramid, and bags are already in output order, so
+    each chunk of bins lands in the output with one strided copy (no scatter).
+
+    Only ``index``/``weights`` are saved: the backward is the transposed sum
+    ``grad_table[r] = sum_{taps t on row r} w_t * grad_bins[bag(t)]``, again
+    ``embedding_bag`` with one (possibly empty) bag per table row, done per level, image
+    and channel chunk and transposed straight into a contiguous NCHW gradient (what the
+    FPN convolutions and autograd's accumulation want: a channels-last gradient would be
+    re-laid out by them at several times the cost). The backward is built from
+    differentiable ops, so double backward works too.
     """
 
     @staticmethod
-    def forward(ctx, plans, num_rois, out_hw, compute_dtype, *features):
+    def forward(ctx, plan, num_rois, out_hw, compute_dtype, *features):
         ph, pw = out_hw
         channels = features[0].shape[1]
         out = features[0].new_empty((num_rois, channels, ph, pw))
-        saved = []
-        for plan in plans:
-            feat = features[plan.level]
-            b, c, h, w = feat.shape
-            table = _channels_last_table(feat, compute_dtype)
+        for c0, c1 in _channel_chunks(channels):
+            table = torch.empty((plan.num_rows, c1 - c0), dtype=compute_dtype, device=out.device)
+            for level, row0, b, h, w in plan.levels:
+                for i in range(b):
+                    r = row0 + i * h * w
+                    _copy_to_rows(table[r:r + h * w], features[level][i, c0:c1])
             bins = F.embedding_bag(
                 plan.index, table, plan.offsets, mode="sum", per_sample_weights=plan.weight
             )
-            out[plan.rois] = bins.view(-1, ph, pw, c).permute(0, 3, 1, 2).to(out.dtype)
-            saved.append((plan.level, (b, h, w), feat.dtype))
-        ctx.plans = plans
-        ctx.meta = saved
-        ctx.out_hw = out_hw
+            del table  # before the next chunk's copy is made
+            out[:, c0:c1] = bins.view(num_rois, ph, pw, c1 - c0).permute(0, 3, 1, 2)
+        ctx.plan = plan
+        ctx.dtype = features[0].dtype
         ctx.compute_dtype = compute_dtype
         ctx.num_features = len(features)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        ph, pw = ctx.out_hw
-        nbins = ph * pw
+        plan = ctx.plan
+        num_rois, channels, ph, pw = grad_out.shape
+        device = grad_out.device
+        # Transposed lists: taps sorted by table row, row r's bag is [start[r], start[r+1]),
+        # each tap pointing at its output bin (= row of the channels-last gradient below).
+        bag = torch.repeat_interleave(torch.arange(plan.bag_sizes.numel(), device=device), plan.bag_sizes)
+        order = torch.argsort(plan.index, stable=True)
+        src_bag, weight = bag[order], plan.weight[order]
+        del bag, order
+        start = torch.zeros(plan.num_rows + 1, dtype=torch.int64, device=device)
+        torch.cumsum(torch.bincount(plan.index, minlength=plan.num_rows), 0, out=start[1:])
+        blocks = []  # (level, image, first row, rows)
+        for level, row0, b, h, w in plan.levels:
+            blocks += [(level, i, row0 + i * h * w, h * w) for i in range(b)]
+        bounds = start[[r for _, _, r, _ in blocks] + [plan.num_rows]].tolist()
         grads: List[Optional[torch.Tensor]] = [None] * ctx.num_features
-        channels = grad_out.shape[1]
-        # One channels-last copy of the incoming gradient serves every level.
-        g = grad_out.permute(0, 2, 3, 1).to(ctx.compute_dtype).reshape(-1, channels)
-        for plan, (level, (b, h, w), dtype) in zip(ctx.plans, ctx.meta):
-            # Tap t feeds output row rois[bag(t) // nbins] * nbins + bag(t) % nbins of g.
-            bag = torch.repeat_interleave(
-                torch.arange(plan.bag_sizes.numel(), device=g.device), plan.bag_sizes
-            )
-            out_row = plan.rois.repeat_interleave(nbins)[bag] * nbins + bag % nbins
-            order = torch.argsort(plan.index, stable=True)
-            rows = torch.arange(b * h * w, device=g.device)
-            offsets = torch.searchsorted(plan.index[order], rows)
-            grad_table = F.embedding_bag(
-                out_row[order], g, offsets, mode="sum", per_sample_weights=plan.weight[order]
-            )
-            grads[level] = grad_table.view(b, h, w, channels).permute(0, 3, 1, 2).to(dtype)
+        for level, _, b, h, w in plan.levels:
+            grads[level] = torch.empty((b, channels, h, w), dtype=ctx.dtype, device=device)
+        for c0, c1 in _channel_chunks(channels):
+            g = grad_out[:, c0:c1].permute(0, 2, 3, 1).to(ctx.compute_dtype).reshape(-1, c1 - c0)
+            for k, (level, i, r, hw) in enumerate(blocks):
+                lo, hi = bounds[k], bounds[k + 1]
+                rows = F.embedding_bag(
+                    src_bag[lo:hi], g, start[r:r + hw] - lo, mode="sum", per_sample_weights=weight[lo:hi]
+                )  # (H*W, c1-c0): this image's gradient rows
+                # A 2-D transpose into a contiguous block takes copy_'s blocked-transpose path.
+                grads[level][i, c0:c1].view(c1 - c0, hw).copy_(rows.t())
         return (None, None, None, None, *grads)
 
 
-class _GatherPlan(NamedTuple):
-    level: int
-    rois: torch.Tensor  # (n,) output positions, in bag order
-    index: torch.Tensor  # (T,) table rows of all taps
-    weight: torch.Tensor  # (T,)
-    offsets: torch.Tensor  # (n*Ph*Pw,) start of each bag in index
-    bag_sizes: torch.Tensor  # (n*Ph*Pw,)
+# Channels per embedding_bag call. The channels-last copies of the levels (forward) and of
+# the gradient (backward) are made one chunk at a time: 64 of 256 channels keeps the
+# transient copy at a quarter of the pyramid, and (H*W, 64) blocks transpose cache-friendly.
+_CHANNEL_CHUNK = 64
 
 
-def _channels_last_table(feat: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """(B, C, H, W) -> (B*H*W, C) rows; a view when ``feat`` is already channels-last."""
-    b, c, h, w = feat.shape
-    nhwc = feat.permute(0, 2, 3, 1)
-    if nhwc.is_contiguous() and feat.dtype == dtype:
-        return nhwc.reshape(b * h * w, c)
-    table = torch.empty((b, h, w, c), dtype=dtype, device=feat.device)
-    table.copy_(nhwc)
-    return table.view(b * h * w, c)
+def _channel_chunks(channels: int) -> List[Tuple[int, int]]:
+    return [(c0, min(c0 + _CHANNEL_CHUNK, channels)) for c0 in range(0, channels, _CHANNEL_CHUNK)]
+
+
+def _copy_to_rows(rows: torch.Tensor, chw: torch.Tensor) -> None:
+    """``rows`` (H*W, c) <- ``chw`` (c, H, W) of one image, channels-last."""
+    c, h, w = chw.shape
+    if chw.is_contiguous() and chw.dtype == rows.dtype:
+        rows.copy_(chw.view(c, h * w).t())  # 2-D transpose: copy_'s blocked path
+    else:
+        rows.view(h, w, c).copy_(chw.permute(1, 2, 0))
 
 
 class ROIAlignPooler(nn.Module):
@@ -461,15 +486,18 @@ class ROIAlignPooler(nn.Module):
     # ------------------------------------------------------------------ samplers
     def _gather(self, x, plans, num_rois, compute_dtype):
         ph, pw = self.output_size
-        gplans = []
+        nbins = ph * pw
+        device = x[0].device
+        levels, rois, index, weight, sizes = [], [], [], [], []
+        row0 = 0
         for plan in plans:
-            _, _, h, w = x[plan.level].shape
-            rois, index, weight, sizes = [], [], [], []
+            bsz, _, h, w = x[plan.level].shape
+            levels.append((plan.level, row0, bsz, h, w))
             for g_h, g_w, r, b, ys, xs in plan.groups:
                 n = r.numel()
                 rois.append(r)
                 if ys is None:
-                    sizes.append(torch.zeros(n * ph * pw, dtype=torch.int64, device=r.device))
+                    sizes.append(torch.zeros(n * nbins, dtype=torch.int64, device=device))
                     continue
                 _, ylo, yhi, wylo, wyhi = ys
                 _, xlo, xhi, wxlo, wxhi = xs
@@ -479,22 +507,34 @@ class ROIAlignPooler(nn.Module):
                 xw = torch.stack([wxlo, wxhi], -1)
                 # (n, ph, pw, gh, 2, gw, 2): a bag of up to 4*gh*gw taps per bin; taps of
                 # weight 0 (padding, outside the map, exact pixel hits) are dropped.
-                row = (b * (h * w))[:, None, None, None, None] + yi[:, :, None, :, :] * w
-                idx = (row[..., None, None] + xi[:, None, :, None, None, :, :]).reshape(n * ph * pw, -1)
-                wt = (yw[:, :, None, :, :, None, None] * xw[:, None, :, None, None, :, :]).reshape(n * ph * pw, -1)
+                row = (row0 + b * (h * w))[:, None, None, None, None] + yi[:, :, None, :, :] * w
+                idx = (row[..., None, None] + xi[:, None, :, None, None, :, :]).reshape(n * nbins, -1)
+                wt = (yw[:, :, None, :, :, None, None] * xw[:, None, :, None, None, :, :]).reshape(n * nbins, -1)
                 keep = wt != 0
                 index.append(idx[keep])
                 weight.append(wt[keep])
                 sizes.append(keep.sum(1))
-            bag_sizes = torch.cat(sizes)
-            offsets = torch.cumsum(bag_sizes, 0) - bag_sizes
-            if index:
-                index_t, weight_t = torch.cat(index), torch.cat(weight).to(compute_dtype)
-            else:
-                index_t = torch.zeros(0, dtype=torch.int64, device=bag_sizes.device)
-                weight_t = torch.zeros(0, dtype=compute_dtype, device=bag_sizes.device)
-            gplans.append(_GatherPlan(plan.level, torch.cat(rois), index_t, weight_t, offsets, bag_sizes))
-        return _GatherROIAlign.apply(gplans, num_rois, self.output_size, compute_dtype, *x)
+            row0 += bsz * h * w
+        plan_sizes = torch.cat(sizes)  # bags in plan order: level, then grid group
+        if index:
+            plan_index, plan_weight = torch.cat(index), torch.cat(weight).to(compute_dtype)
+        else:
+            plan_index = torch.zeros(0, dtype=torch.int64, device=device)
+            plan_weight = torch.zeros(0, dtype=compute_dtype, device=device)
+        # Move bags (and their taps) to output order, so that the forward writes each chunk
+        # of bins with one copy and the backward reads the gradient without a gather.
+        dest = (torch.cat(rois)[:, None] * nbins + torch.arange(nbins, device=device)).flatten()
+        bag_sizes = torch.empty_like(plan_sizes)
+        bag_sizes[dest] = plan_sizes
+        offsets = torch.cumsum(bag_sizes, 0) - bag_sizes
+        shift = offsets[dest] - (torch.cumsum(plan_sizes, 0) - plan_sizes)
+        position = torch.arange(plan_index.numel(), device=device) + torch.repeat_interleave(shift, plan_sizes)
+        index_t = torch.empty_like(plan_index)
+        index_t[position] = plan_index
+        weight_t = torch.empty_like(plan_weight)
+        weight_t[position] = plan_weight
+        gplan = _GatherPlan(levels, row0, index_t, weight_t, offsets, bag_sizes)
+        return _GatherROIAlign.apply(gplan, num_rois, self.output_size, compute_dtype, *x)
 
     def _grid_sample(self, x, plans, num_rois, compute_dtype):
         ph, pw = self.output_size

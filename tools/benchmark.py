@@ -1,0 +1,476 @@
+#!/usr/bin/env python
+# Copyright (c) roi_plugin authors. Licensed under the Apache License 2.0.
+"""Benchmark roi_plugin's ROIAlignPooler against Detectron2's ROIPooler, and whole Mask R-CNN.
+
+Measures, side by side in one process and after warm-up:
+
+* the pooler, forward and forward+backward, for training (2 images 800x1216, P2..P5 with 256
+  channels, 512 ROIs per image with log-uniform sizes 16..800 px, sampling ratio 0 and 2),
+  inference (1000 ROIs per image, no grad, ratio 0) and the mask pooler (14x14, 64 ROIs per
+  image), for both samplers (``gather``, ``grid_sample``) against Detectron2's ``ROIPooler``
+  (``ROIAlignV2``), plus the notebook's per-ROI ``expand`` design at a small ROI count;
+* peak memory of each case, each in a process of its own (CPU: growth of the resident set
+  high-water mark over the state after warm-up; CUDA: ``torch.cuda.max_memory_allocated``);
+* one training iteration and one inference pass of Mask R-CNN R50-FPN with roi_plugin's heads
+  (``PluginROIHeads`` + ``TwoMLPHead``) against the built-in heads (``StandardROIHeads`` +
+  ``FastRCNNConvFCHead``), same config otherwise, same weights, same input.
+
+Repetitions of the implementations being compared are interleaved (A B C, B C A, ...) so that
+load from other processes hits all of them alike; ratios are the median of per-repetition
+ratios. Writes ``BENCHMARKS.md`` (``--out``).
+
+Usage::
+
+    python tools/benchmark.py              # full run (~15-25 min on 2 CPU cores), writes BENCHMARKS.md
+    python tools/benchmark.py --quick      # smaller sizes, under a minute, prints the tables only
+"""
+import argparse
+import gc
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCALES = (1 / 4, 1 / 8, 1 / 16, 1 / 32)
+IMPLS = ("detectron2", "gather", "grid_sample")
+IMPL_NAMES = {
+    "detectron2": "Detectron2 `ROIPooler`",
+    "gather": "plugin, `gather` sampler (default)",
+    "grid_sample": "plugin, `grid_sample` sampler",
+    "notebook": "notebook design (per-ROI `expand` + `grid_sample`)",
+}
+
+
+class Case(NamedTuple):
+    name: str
+    description: str
+    output: int
+    rois: int  # per image
+    ratio: int
+    modes: Sequence[str]  # "fwd" (grad enabled, training forward), "fwd+bwd", "infer" (no grad)
+    impls: Sequence[str] = IMPLS
+
+
+def pooler_cases(quick: bool) -> List[Case]:
+    scale = 4 if quick else 1
+    return [
+        Case("train_r0", "training, box 7x7, sampling ratio 0", 7, 512 // scale, 0, ("fwd", "fwd+bwd")),
+        Case("train_r2", "training, box 7x7, sampling ratio 2", 7, 512 // scale, 2, ("fwd", "fwd+bwd")),
+        Case("infer_r0", "inference, box 7x7, ratio 0, no grad", 7, 1000 // scale, 0, ("infer",)),
+        Case("mask_r0", "training, mask 14x14, ratio 0", 14, 64 // scale, 0, ("fwd", "fwd+bwd")),
+        Case(
+            "notebook", "training, box 7x7, ratio 2, few ROIs", 7, 16 // scale, 2, ("fwd+bwd",),
+            ("detectron2", "gather", "notebook"),
+        ),
+    ]
+
+
+# ---------------------------------------------------------------------------- inputs
+def image_size(quick: bool):
+    return (400, 608) if quick else (800, 1216)
+
+
+def make_features(batch: int, height: int, width: int, device: str, seed: int = 0) -> List[torch.Tensor]:
+    """P2..P5 maps (B, 256, ceil(H/s), ceil(W/s)) as an FPN on a padded 800x1216 batch gives."""
+    gen = torch.Generator().manual_seed(seed)
+    return [
+        torch.randn(batch, 256, math.ceil(height * s), math.ceil(width * s), generator=gen).to(device)
+        for s in SCALES
+    ]
+
+
+def make_boxes(batch: int, n: int, height: int, width: int, device: str, seed: int = 1) -> List[torch.Tensor]:
+    """n boxes per image, side lengths log-uniform in [16, 800] px (independently per side),
+    centres uniform over the image, clipped to it like RPN proposals."""
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(batch):
+        side = torch.exp(torch.empty(n, 2).uniform_(math.log(16), math.log(800), generator=gen))
+        cx, cy = torch.rand(n, generator=gen) * width, torch.rand(n, generator=gen) * height
+        b = torch.stack([cx - side[:, 0] / 2, cy - side[:, 1] / 2, cx + side[:, 0] / 2, cy + side[:, 1] / 2], 1)
+        b[:, 0::2] = b[:, 0::2].clamp(0, width)
+        b[:, 1::2] = b[:, 1::2].clamp(0, height)
+        out.append(b.to(device))
+    return out
+
+
+class NotebookPooler(torch.nn.Module):
+    """The notebook's design, for timing only (not exact ROIAlign): per level, every ROI gets
+    its own ``expand`` of its image's feature map and one ``grid_sample`` (``align_corners=True``,
+    coordinates normalised by the *image* size), then an average over the ratio x ratio samples
+    of each bin. Its backward materialises one level-sized gradient per ROI."""
+
+    def __init__(self, output: int, ratio: int, image_hw):
+        super().__init__()
+        self.output, self.ratio, self.image_hw = output, ratio, image_hw
+
+    def forward(self, x, boxes):
+        from detectron2.modeling.poolers import assign_boxes_to_levels
+        from detectron2.structures import Boxes
+
+        level_of = assign_boxes_to_levels([Boxes(b) for b in boxes], 2, 5, 224, 4)
+        all_boxes = torch.cat(boxes)
+        batch = torch.cat([torch.full((len(b),), i) for i, b in enumerate(boxes)])
+        g = self.output * self.ratio
+        out = x[0].new_zeros((len(all_boxes), x[0].shape[1], self.output, self.output))
+        t = (torch.arange(g, dtype=x[0].dtype) + 0.5) / g
+        h_img, w_img = self.image_hw
+        for level, feat in enumerate(x):
+            idx = (level_of == level).nonzero().flatten()
+            if idx.numel() == 0:
+                continue
+            b = all_boxes[idx]
+            xs = b[:, 0:1] + (b[:, 2:3] - b[:, 0:1]) * t  # (n, g) image pixels
+            ys = b[:, 1:2] + (b[:, 3:4] - b[:, 1:2]) * t
+            grid = torch.stack(
+                torch.broadcast_tensors((xs / w_img * 2 - 1)[:, None, :], (ys / h_img * 2 - 1)[:, :, None]), -1
+            )
+            per_roi = feat[batch[idx]]  # one copy of the level map per ROI (the notebook's expand)
+            samples = F.grid_sample(per_roi, grid, align_corners=True)
+            out[idx] = F.avg_pool2d(samples, self.ratio)
+        return out
+
+
+def build_pooler(impl: str, case: Case, image_hw):
+    if impl == "detectron2":
+        from detectron2.modeling.poolers import ROIPooler
+
+        return ROIPooler(case.output, SCALES, case.ratio, "ROIAlignV2")
+    if impl == "notebook":
+        return NotebookPooler(case.output, case.ratio, image_hw)
+    from roi_plugin.pooler import ROIAlignPooler
+
+    return ROIAlignPooler(case.output, SCALES, case.ratio, "ROIAlignV2", sampler=impl)
+
+
+def make_step(impl: str, case: Case, mode: str, quick: bool, device: str) -> Callable[[], None]:
+    """A closure running one pooler call (and its backward) on fixed inputs."""
+    from detectron2.structures import Boxes
+
+    height, width = image_size(quick)
+    feats = make_features(2, height, width, device)
+    boxes = make_boxes(2, case.rois, height, width, device)
+    pooler = build_pooler(impl, case, (height, width)).to(device)
+    box_arg = [Boxes(b) for b in boxes] if impl == "detectron2" else boxes
+    if mode != "infer":
+        feats = [f.requires_grad_() for f in feats]
+
+    def step():
+        if mode == "infer":
+            with torch.no_grad():
+                pooler(feats, box_arg)
+            return
+        for f in feats:  # as optimizer.zero_grad(set_to_none=True) would
+            f.grad = None
+        out = pooler(feats, box_arg)
+        if mode == "fwd+bwd":
+            out.backward(torch.ones_like(out))
+
+    return step
+
+
+def sync(device: str):
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def interleaved(steps: Dict[str, Callable[[], None]], reps: int, warmup: int, device: str) -> Dict[str, List[float]]:
+    """Times each step ``reps`` times, rotating the order every repetition."""
+    names = list(steps)
+    for _ in range(warmup):
+        for n in names:
+            steps[n]()
+    sync(device)
+    times: Dict[str, List[float]] = {n: [] for n in names}
+    for r in range(reps):
+        order = names[r % len(names):] + names[: r % len(names)]
+        for n in order:
+            gc.collect()
+            sync(device)
+            t0 = time.perf_counter()
+            steps[n]()
+            sync(device)
+            times[n].append(time.perf_counter() - t0)
+    return times
+
+
+# ---------------------------------------------------------------------------- memory
+def _rss_status(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def measure_memory_here(impl: str, case_name: str, mode: str, quick: bool, device: str) -> float:
+    """Peak extra memory (MB) of one step after warm-up, measured in this process."""
+    case = {c.name: c for c in pooler_cases(quick)}[case_name]
+    step = make_step(impl, case, mode, quick, device)
+    step()
+    step()
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        step()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    # With a fixed mmap threshold (set by the parent) every large block is mmap'ed and
+    # unmapped on free, so the resident set follows live memory; writing 5 to clear_refs
+    # resets the high-water mark (VmHWM) to the current resident set.
+    base = _rss_status("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    step()
+    return (_rss_status("VmHWM") - base) / 2**20
+
+
+def measure_memory(impl: str, case: Case, mode: str, quick: bool, device: str, threads: int) -> Optional[float]:
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072", MALLOC_TRIM_THRESHOLD_="131072")
+    cmd = [
+        sys.executable, os.path.abspath(__file__), "--_memory", f"{impl}:{case.name}:{mode}",
+        "--threads", str(threads), "--device", device,
+    ] + (["--quick"] if quick else [])
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=REPO)
+    if res.returncode != 0:
+        print(res.stderr[-2000:], file=sys.stderr)
+        return None
+    return float(res.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------------------- model
+def build_models(quick: bool, device: str):
+    """Mask R-CNN R50-FPN with the plugin heads and with the built-in heads, same weights."""
+    from detectron2.config import get_cfg
+    from detectron2.modeling import build_model
+
+    from roi_plugin import add_roi_plugin_config
+
+    def cfg_for(plugin: bool):
+        cfg = get_cfg()
+        add_roi_plugin_config(cfg)
+        cfg.merge_from_file(os.path.join(REPO, "configs", "mask_rcnn_R_50_FPN_1x_plugin.yaml"))
+        cfg.MODEL.WEIGHTS = ""
+        cfg.MODEL.DEVICE = device
+        if not plugin:
+            cfg.MODEL.ROI_HEADS.NAME = "StandardROIHeads"
+            cfg.MODEL.ROI_BOX_HEAD.NAME = "FastRCNNConvFCHead"
+        return cfg
+
+    torch.manual_seed(0)
+    plugin = build_model(cfg_for(True))
+    builtin = build_model(cfg_for(False))
+    missing, unexpected = builtin.load_state_dict(plugin.state_dict(), strict=False)
+    if missing or unexpected:
+        raise RuntimeError(f"plugin/built-in state dicts differ: missing {missing}, unexpected {unexpected}")
+    return plugin, builtin
+
+
+def model_inputs(quick: bool, device: str, batch: int):
+    from detectron2.structures import BitMasks, Boxes, Instances
+
+    height, width = (320, 480) if quick else (800, 1216)
+    gen = torch.Generator().manual_seed(2)
+    inputs = []
+    for _ in range(batch):
+        image = (torch.rand(3, height, width, generator=gen) * 255).to(device)
+        n = 8
+        side = torch.exp(torch.empty(n, 2).uniform_(math.log(32), math.log(min(height, width) / 2), generator=gen))
+        x1 = torch.rand(n, generator=gen) * (width - side[:, 0])
+        y1 = torch.rand(n, generator=gen) * (height - side[:, 1])
+        boxes = torch.stack([x1, y1, x1 + side[:, 0], y1 + side[:, 1]], 1)
+        masks = torch.zeros(n, height, width, dtype=torch.bool)
+        for i, (a, b, c, d) in enumerate(boxes.round().long().tolist()):
+            masks[i, b:d, a:c] = True
+        inst = Instances((height, width))
+        inst.gt_boxes = Boxes(boxes.to(device))
+        inst.gt_classes = torch.randint(0, 80, (n,), generator=gen).to(device)
+        inst.gt_masks = BitMasks(masks.to(device))
+        inputs.append({"image": image, "height": height, "width": width, "instances": inst})
+    return inputs
+
+
+def model_bench(quick: bool, device: str, reps: int):
+    plugin, builtin = build_models(quick, device)
+    train_in = model_inputs(quick, device, 2)
+    infer_in = [{k: v for k, v in d.items() if k != "instances"} for d in model_inputs(quick, device, 1)]
+
+    def train_step(model):
+        def step():
+            model.train()
+            model.zero_grad(set_to_none=True)
+            torch.manual_seed(3)  # same proposal sampling in both models
+            losses = model(train_in)
+            sum(losses.values()).backward()
+        return step
+
+    def infer_step(model):
+        def step():
+            model.eval()
+            with torch.no_grad():
+                model(infer_in)
+        return step
+
+    train = interleaved({"builtin": train_step(builtin), "plugin": train_step(plugin)}, reps, 1, device)
+    infer = interleaved({"builtin": infer_step(builtin), "plugin": infer_step(plugin)}, reps, 1, device)
+    return {"train (2 images, fwd+bwd)": train, "inference (1 image)": infer}
+
+
+# ---------------------------------------------------------------------------- report
+def fmt_t(ts: List[float]) -> str:
+    return f"{statistics.median(ts) * 1e3:.0f} ({min(ts) * 1e3:.0f}-{max(ts) * 1e3:.0f})"
+
+
+def ratio(ts: List[float], ref: List[float]) -> float:
+    return statistics.median([a / b for a, b in zip(ts, ref)])
+
+
+def machine_info(threads: int, device: str) -> List[str]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    import detectron2
+    import torchvision
+
+    lines = [
+        f"- machine: {cpu}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}",
+        f"- torch {torch.__version__}, torchvision {torchvision.__version__}, detectron2 "
+        f"{detectron2.__version__}, Python {platform.python_version()}",
+        f"- threads: `torch.set_num_threads({threads})`, device: {device}",
+    ]
+    if device.startswith("cuda"):
+        lines.append(f"- GPU: {torch.cuda.get_device_name()}")
+    return lines
+
+
+def run(args) -> str:
+    device = args.device
+    quick = args.quick
+    reps = args.reps or (3 if quick else 7)
+    height, width = image_size(quick)
+    md = [
+        "# Benchmarks" if not quick else "# Benchmarks (--quick: smaller sizes, not the reference figures)",
+        "",
+        "Generated by `python tools/benchmark.py" + (" --quick" if quick else "") + "`; do not edit by hand.",
+        "",
+        *machine_info(args.threads, device),
+        f"- pooler inputs: 2 images {height}x{width}, P2..P5 with 256 channels (float32), "
+        "ROIAlignV2, boxes with side lengths log-uniform in 16..800 px, uniform centres, clipped to the image",
+        f"- timing: {reps} repetitions after warm-up, implementations interleaved; time = median (min-max) "
+        "in ms; ratio = median over repetitions of (this / Detectron2 `ROIPooler`) of the same repetition",
+        "- memory: peak extra memory of one step after warm-up, each case in a process of its own "
+        + ("(`torch.cuda.max_memory_allocated` minus the memory allocated before the step)" if device.startswith("cuda")
+           else "(growth of the resident-set high-water mark, `/proc/self/status` VmHWM after `clear_refs`, "
+                "with a fixed glibc mmap threshold so freed blocks leave the resident set)"),
+        "",
+        "## Pooler",
+        "",
+        "| case | mode | implementation | time ms | ratio | peak extra MB | memory ratio |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    headline = {}
+    for case in pooler_cases(quick):
+        if args.cases and case.name not in args.cases:
+            continue
+        for mode in case.modes:
+            print(f"[pooler] {case.name} {mode}", file=sys.stderr, flush=True)
+            steps = {impl: make_step(impl, case, mode, quick, device) for impl in case.impls}
+            times = interleaved(steps, reps, 2, device)
+            del steps
+            gc.collect()
+            mem = {}
+            if not args.no_memory:
+                for impl in case.impls:
+                    mem[impl] = measure_memory(impl, case, mode, quick, device, args.threads)
+            for impl in case.impls:
+                r = ratio(times[impl], times["detectron2"])
+                m = mem.get(impl)
+                m_ref = mem.get("detectron2")
+                m_ratio = f"{m / m_ref:.2f}x" if m is not None and m_ref else "-"
+                label = f"{case.description}, {case.rois} ROIs/image"
+                md.append(
+                    f"| {label} | {mode} | {IMPL_NAMES[impl]} | {fmt_t(times[impl])} | {r:.2f}x | "
+                    f"{'-' if m is None else f'{m:.0f}'} | {m_ratio} |"
+                )
+                headline[(case.name, mode, impl)] = (r, None if m is None or not m_ref else m / m_ref)
+    md += [
+        "",
+        "The notebook design keeps one copy of its image's level map per ROI (forward) and one "
+        "level-sized gradient per ROI (backward), so its time and memory grow linearly with the ROI "
+        "count; at 512 ROIs per image it would need roughly 512/16 = 32x the figures of its row above.",
+    ]
+    if not args.no_model:
+        print("[model] Mask R-CNN R50-FPN", file=sys.stderr, flush=True)
+        mreps = args.model_reps or (1 if quick else 3)
+        res = model_bench(quick, device, mreps)
+        mh, mw = (320, 480) if quick else (800, 1216)
+        md += [
+            "",
+            "## Whole model: Mask R-CNN R50-FPN",
+            "",
+            f"`configs/mask_rcnn_R_50_FPN_1x_plugin.yaml` (random init, no weights) with the plugin heads "
+            f"(`PluginROIHeads`, `TwoMLPHead`, sampler `gather`) vs the same config with "
+            f"`StandardROIHeads` + `FastRCNNConvFCHead`; identical weights, random {mh}x{mw} images with "
+            f"8 boxes/masks each, {mreps} repetition(s) after one warm-up, interleaved.",
+            "",
+            "| pass | built-in heads ms | plugin heads ms | ratio plugin / built-in |",
+            "| --- | --- | --- | --- |",
+        ]
+        for name, t in res.items():
+            r = ratio(t["plugin"], t["builtin"])
+            md.append(f"| {name} | {fmt_t(t['builtin'])} | {fmt_t(t['plugin'])} | {r:.2f}x |")
+            headline[("model", name)] = (r, None)
+    if not device.startswith("cuda"):
+        md += ["", "## GPU", "", args.gpu_note]
+    md.append("")
+    return "\n".join(md)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="smaller sizes and fewer repetitions (< 1 min)")
+    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--reps", type=int, default=0, help="pooler repetitions (default 7, quick 3)")
+    parser.add_argument("--model-reps", type=int, default=0, help="whole-model repetitions (default 3, quick 1)")
+    parser.add_argument("--cases", nargs="*", help="only these pooler cases (train_r0 train_r2 infer_r0 mask_r0 notebook)")
+    parser.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
+    parser.add_argument("--no-model", action="store_true", help="skip the whole-model benchmark")
+    parser.add_argument("--out", default=None, help="markdown file to write (default BENCHMARKS.md; "
+                        "--quick writes none unless given)")
+    parser.add_argument("--gpu-note", default="No GPU was available to this run, so there is no GPU section; "
+                        "rerun with `--device cuda` on a machine with one.")
+    parser.add_argument("--_memory", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args._memory:
+        impl, case_name, mode = args._memory.split(":")
+        print(measure_memory_here(impl, case_name, mode, args.quick, args.device))
+        return
+    text = run(args)
+    print(text)
+    out = args.out if args.out is not None else (None if args.quick else os.path.join(REPO, "BENCHMARKS.md"))
+    if out:
+        with open(out, "w") as f:
+            f.write(text)
+        print(f"wrote {out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
