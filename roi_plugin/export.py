@@ -7,6 +7,7 @@ of images. These wrappers take Detectron2's pooler format instead, one (K, 5) te
 (:meth:`ROIAlignPooler._grid_sample_static`), so the number of ROIs *and* of images are
 dynamic axes of the exported graph. ``tools/export_onnx.py`` uses them.
 """
+
 from typing import List, Sequence, Tuple
 
 import torch
@@ -112,7 +113,9 @@ def export_onnx(
     names = [f"feature{i}" for i in range(len(features))]
     dynamic = {}
     for name in names:
-        dynamic[name] = {0: "images", 2: f"{name}_height", 3: f"{name}_width"} if dynamic_spatial else {0: "images"}
+        dynamic[name] = (
+            {0: "images", 2: f"{name}_height", 3: f"{name}_width"} if dynamic_spatial else {0: "images"}
+        )
     dynamic["rois"] = {0: "rois"}
     for name in output_names:
         dynamic[name] = {0: "rois"}

@@ -419,7 +419,9 @@ class ROIAlignPooler(nn.Module):
             if not _is_exporting() and t.numel():
                 if not bool(torch.isfinite(t).all()):
                     bad = (~torch.isfinite(t)).any(dim=1).nonzero()[0, 0].item()
-                    raise ValueError(f"boxes of image {i} have non-finite coordinates (box {bad}: {t[bad].tolist()})")
+                    raise ValueError(
+                        f"boxes of image {i} have non-finite coordinates (box {bad}: {t[bad].tolist()})"
+                    )
                 inverted = (t[:, 2] < t[:, 0]) | (t[:, 3] < t[:, 1])
                 if bool(inverted.any()):
                     bad = inverted.nonzero()[0, 0].item()
@@ -657,7 +659,8 @@ class ROIAlignPooler(nn.Module):
             # weight (B, K, ph*G, pw*G): validity x 1/(gh*gw) x "on this level" x "of this image"
             on_level = (level_of == level).to(compute_dtype)
             of_image = (image[None, :] == torch.arange(bsz, device=image.device)[:, None]).to(compute_dtype)
-            weight = (wy[:, :, None] * wx[:, None, :] * on_level[:, None, None])[None] * of_image[:, :, None, None]
+            weight = wy[:, :, None] * wx[:, None, :] * on_level[:, None, None]
+            weight = weight[None] * of_image[:, :, None, None]
             pooled = (samples * weight[:, None]).sum(0)  # (C, K, ph*G, pw*G)
             pooled = pooled.reshape(channels, -1, ph, gmax, pw, gmax).sum((3, 5)).permute(1, 0, 2, 3)
             out = pooled if out is None else out + pooled

@@ -3,6 +3,7 @@
 Also records what Detectron2's own ``ROIPooler`` does under the same exporter, so the
 README's comparison comes from here.
 """
+
 import os
 import runpy
 
@@ -28,9 +29,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
 
 def pyramid(batch, height, width, channels=6, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return [
-        torch.randn(batch, channels, height // s, width // s, generator=g) for s in (4, 8, 16, 32)
-    ]
+    return [torch.randn(batch, channels, height // s, width // s, generator=g) for s in (4, 8, 16, 32)]
 
 
 def random_boxes(n, height, width, seed, max_side=160.0):
@@ -62,7 +61,12 @@ def test_pooler_onnx_matches_eager(tmp_path, pooler_type, sampling_ratio):
     module = ExportablePooler(pooler, max_grid=16)
     b, h, w, counts = EXPORT_SHAPE
     path = str(tmp_path / "pooler.onnx")
-    export_onnx(module, pyramid(b, h, w), boxes_to_rois([random_boxes(n, h, w, i) for i, n in enumerate(counts)]), path)
+    export_onnx(
+        module,
+        pyramid(b, h, w),
+        boxes_to_rois([random_boxes(n, h, w, i) for i, n in enumerate(counts)]),
+        path,
+    )
     graph = onnx.load(path)
     onnx.checker.check_model(graph)
     ops = {n.op_type for n in graph.graph.node}
@@ -95,7 +99,9 @@ def test_adaptive_export_caps_the_grid():
     square = [torch.tensor([[2.0, 2.0, 120.0, 120.0]])]  # P3: 118/8 px over 7 bins -> 3 samples
     torch.testing.assert_close(
         ExportablePooler(adaptive, max_grid=2)(*feats, boxes_to_rois(square)),
-        ROIAlignPooler(7, SCALES, 2, "ROIAlignV2")(feats, square), atol=TOL, rtol=0,
+        ROIAlignPooler(7, SCALES, 2, "ROIAlignV2")(feats, square),
+        atol=TOL,
+        rtol=0,
     )
 
 
@@ -151,12 +157,26 @@ def tiny_cfg():
     cfg = get_cfg()
     add_roi_plugin_config(cfg)
     cfg.merge_from_file(os.path.join(REPO, "configs", "mask_rcnn_R_50_FPN_1x_plugin.yaml"))
-    cfg.merge_from_list([
-        "MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", "MODEL.MASK_ON", "False",
-        "MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64",
-        "MODEL.FPN.OUT_CHANNELS", "16", "MODEL.ROI_BOX_HEAD.FC_DIM", "32",
-        "MODEL.ROI_HEADS.NUM_CLASSES", "3",
-    ])
+    cfg.merge_from_list(
+        [
+            "MODEL.DEVICE",
+            "cpu",
+            "MODEL.WEIGHTS",
+            "",
+            "MODEL.MASK_ON",
+            "False",
+            "MODEL.RESNETS.DEPTH",
+            "18",
+            "MODEL.RESNETS.RES2_OUT_CHANNELS",
+            "64",
+            "MODEL.FPN.OUT_CHANNELS",
+            "16",
+            "MODEL.ROI_BOX_HEAD.FC_DIM",
+            "32",
+            "MODEL.ROI_HEADS.NUM_CLASSES",
+            "3",
+        ]
+    )
     return cfg
 
 
@@ -171,8 +191,13 @@ def test_box_branch_onnx_matches_eager(tmp_path):
     b, h, w, counts = EXPORT_SHAPE
     path = str(tmp_path / "box_branch.onnx")
     feats = pyramid(b, h, w, channels=16)
-    export_onnx(branch, feats, boxes_to_rois([random_boxes(n, h, w, i) for i, n in enumerate(counts)]),
-                path, output_names=("scores", "deltas"))
+    export_onnx(
+        branch,
+        feats,
+        boxes_to_rois([random_boxes(n, h, w, i) for i, n in enumerate(counts)]),
+        path,
+        output_names=("scores", "deltas"),
+    )
     for seed, (b, h, w, counts) in enumerate(RUN_SHAPES, 1):
         feats = pyramid(b, h, w, channels=16, seed=seed)
         boxes = [random_boxes(n, h, w, 10 * seed + i) for i, n in enumerate(counts)]
@@ -194,16 +219,40 @@ def test_export_tool(tmp_path):
     model = build_model(cfg)
     DetectionCheckpointer(model, save_dir=str(tmp_path)).save("tiny")
     overrides = [
-        "MODEL.MASK_ON", "False", "MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64",
-        "MODEL.FPN.OUT_CHANNELS", "16", "MODEL.ROI_BOX_HEAD.FC_DIM", "32", "MODEL.ROI_HEADS.NUM_CLASSES", "3",
-        "MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO", "2",
+        "MODEL.MASK_ON",
+        "False",
+        "MODEL.RESNETS.DEPTH",
+        "18",
+        "MODEL.RESNETS.RES2_OUT_CHANNELS",
+        "64",
+        "MODEL.FPN.OUT_CHANNELS",
+        "16",
+        "MODEL.ROI_BOX_HEAD.FC_DIM",
+        "32",
+        "MODEL.ROI_HEADS.NUM_CLASSES",
+        "3",
+        "MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO",
+        "2",
     ]
     tool = runpy.run_path(os.path.join(REPO, "tools", "export_onnx.py"), run_name="export_onnx")
-    out = tool["main"]([
-        "--config-file", os.path.join(REPO, "configs", "mask_rcnn_R_50_FPN_1x_plugin.yaml"),
-        "--checkpoint", str(tmp_path / "tiny.pth"), "--output-dir", str(tmp_path / "onnx"),
-        "--height", "128", "--width", "96", "--num-rois", "6", "--verify", *overrides,
-    ])
+    out = tool["main"](
+        [
+            "--config-file",
+            os.path.join(REPO, "configs", "mask_rcnn_R_50_FPN_1x_plugin.yaml"),
+            "--checkpoint",
+            str(tmp_path / "tiny.pth"),
+            "--output-dir",
+            str(tmp_path / "onnx"),
+            "--height",
+            "128",
+            "--width",
+            "96",
+            "--num-rois",
+            "6",
+            "--verify",
+            *overrides,
+        ]
+    )
     assert os.path.isfile(out["box_branch"]) and os.path.isfile(out["box_pooler"])
     # sampling ratio 2: the graph equals the eager model, not only the static path
     for name in ("box_branch", "box_pooler"):
@@ -230,7 +279,9 @@ class _D2ListCall(torch.nn.Module):
         return self.pooler([f0, f1, f2, f3], [Boxes(b0), Boxes(b1)])
 
 
-@pytest.mark.parametrize("pooler_type,mode", [("ROIAlignV2", b"half_pixel"), ("ROIAlign", b"output_half_pixel")])
+@pytest.mark.parametrize(
+    "pooler_type,mode", [("ROIAlignV2", b"half_pixel"), ("ROIAlign", b"output_half_pixel")]
+)
 def test_detectron2_roipooler_onnx_behaviour(tmp_path, pooler_type, mode):
     """Observed: Detectron2's ROIPooler exports with the same exporter (opset 17). Each level is
     an ONNX ``RoiAlign`` (aligned -> ``half_pixel``, legacy -> ``output_half_pixel``), the level
@@ -246,8 +297,14 @@ def test_detectron2_roipooler_onnx_behaviour(tmp_path, pooler_type, mode):
     dynamic.update({"boxes0": {0: "n0"}, "boxes1": {0: "n1"}, "pooled": {0: "rois"}})
     path = str(tmp_path / "d2_pooler.onnx")
     torch.onnx.export(
-        _D2ListCall(pooler), (*feats, *boxes), path, input_names=names, output_names=["pooled"],
-        dynamic_axes=dynamic, opset_version=17, dynamo=False,
+        _D2ListCall(pooler),
+        (*feats, *boxes),
+        path,
+        input_names=names,
+        output_names=["pooled"],
+        dynamic_axes=dynamic,
+        opset_version=17,
+        dynamo=False,
     )
     graph = onnx.load(path)
     roi_aligns = [n for n in graph.graph.node if n.op_type == "RoiAlign"]
@@ -258,10 +315,21 @@ def test_detectron2_roipooler_onnx_behaviour(tmp_path, pooler_type, mode):
     assert {"NonZero", "ScatterND", "Log", "Floor"} <= ops  # level routing inside the graph
     assert [i.name for i in graph.graph.input] == names  # one boxes input per image: batch frozen
     sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-    edge = torch.tensor([[3.0, 3, 3, 3], [10, 10, 10.5, 40], [-50, -50, -20, -20], [-1000, -1000, 1000, 1000],
-                         [0, 0, 160, 128], [-3, -3, 1, 1], [55.99, 10, 112.01, 66]])
-    for seed, (h, w, per_image) in enumerate([(160, 128, [random_boxes(4, 160, 128, 5), edge]),
-                                              (64, 64, [random_boxes(11, 64, 64, 6), edge[:0]])], 1):
+    edge = torch.tensor(
+        [
+            [3.0, 3, 3, 3],
+            [10, 10, 10.5, 40],
+            [-50, -50, -20, -20],
+            [-1000, -1000, 1000, 1000],
+            [0, 0, 160, 128],
+            [-3, -3, 1, 1],
+            [55.99, 10, 112.01, 66],
+        ]
+    )
+    for seed, (h, w, per_image) in enumerate(
+        [(160, 128, [random_boxes(4, 160, 128, 5), edge]), (64, 64, [random_boxes(11, 64, 64, 6), edge[:0]])],
+        1,
+    ):
         feats = pyramid(2, h, w, seed=seed)
         with torch.no_grad():
             eager = pooler(feats, [Boxes(t) for t in per_image])

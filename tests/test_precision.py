@@ -5,6 +5,7 @@ their own dtype of the float32 result (the pooler samples half maps in float32 a
 result back once), i.e. ``|out - ref| <= atol + rtol * |ref|`` with (atol, rtol) =
 (1e-3, 1e-3) for float16 and (1e-2, 8e-3) for bfloat16 against float32 on the same values.
 """
+
 import os
 
 import pytest
@@ -34,8 +35,16 @@ def pyramid(batch=2, height=128, width=96, channels=8, seed=0, dtype=torch.float
 
 BOXES = [
     # P2 (inside, whole image, across the top-left and the bottom-right border), P3, P4
-    torch.tensor([[10.0, 12.0, 60.0, 70.0], [0.0, 0.0, 96.0, 128.0], [-8.0, -5.0, 20.0, 17.0],
-                  [90.0, 120.0, 97.0, 129.0], [0.0, 0.0, 150.0, 150.0], [-100.0, -100.0, 200.0, 200.0]]),
+    torch.tensor(
+        [
+            [10.0, 12.0, 60.0, 70.0],
+            [0.0, 0.0, 96.0, 128.0],
+            [-8.0, -5.0, 20.0, 17.0],
+            [90.0, 120.0, 97.0, 129.0],
+            [0.0, 0.0, 150.0, 150.0],
+            [-100.0, -100.0, 200.0, 200.0],
+        ]
+    ),
     # P2, zero area (P2), P5
     torch.tensor([[30.0, 40.0, 38.0, 47.0], [5.0, 5.0, 5.0, 5.0], [-200.0, -200.0, 300.0, 300.0]]),
 ]
@@ -55,8 +64,12 @@ def test_half_features_follow_their_dtype(sampler, dtype, pooler_type, sampling_
     torch.testing.assert_close(out.float(), ref, atol=atol, rtol=rtol)
     # the float32 result is itself torchvision's on those values (the P5 ROI of image 1)
     torch.testing.assert_close(
-        ref[-1:], roi_align(feats[3][1:].float(), [BOXES[1][-1:]], 7, 1 / 32, sampling_ratio,
-                            pooler_type == "ROIAlignV2"), atol=1e-5, rtol=0,
+        ref[-1:],
+        roi_align(
+            feats[3][1:].float(), [BOXES[1][-1:]], 7, 1 / 32, sampling_ratio, pooler_type == "ROIAlignV2"
+        ),
+        atol=1e-5,
+        rtol=0,
     )
     # the static (export) path casts back too: grid_sample itself would return float32 for
     # bf16 maps with a float32 grid
@@ -90,7 +103,9 @@ def test_cpu_autocast(sampler):
     torch.testing.assert_close(same, plain, atol=0, rtol=0)
     assert pooled.dtype == torch.bfloat16
     atol, rtol = HALF_TOL[torch.bfloat16]
-    torch.testing.assert_close(pooled.float(), pooler([f.float() for f in conv_feats], BOXES), atol=atol, rtol=rtol)
+    torch.testing.assert_close(
+        pooled.float(), pooler([f.float() for f in conv_feats], BOXES), atol=atol, rtol=rtol
+    )
 
 
 # --------------------------------------------------------------------- model-level runs
@@ -98,14 +113,36 @@ def tiny_cfg(sampler):
     cfg = get_cfg()
     add_roi_plugin_config(cfg)
     cfg.merge_from_file(os.path.join(REPO, "configs", "mask_rcnn_R_50_FPN_1x_plugin.yaml"))
-    cfg.merge_from_list([
-        "MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", "MODEL.RESNETS.DEPTH", "18",
-        "MODEL.RESNETS.RES2_OUT_CHANNELS", "64", "MODEL.RESNETS.NORM", "GN", "MODEL.FPN.OUT_CHANNELS", "16",
-        "MODEL.ROI_BOX_HEAD.FC_DIM", "32", "MODEL.ROI_MASK_HEAD.CONV_DIM", "8",
-        "MODEL.ROI_HEADS.NUM_CLASSES", "3", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "32",
-        "MODEL.RPN.PRE_NMS_TOPK_TRAIN", "200", "MODEL.RPN.POST_NMS_TOPK_TRAIN", "50",
-        "MODEL.ROI_PLUGIN.SAMPLER", sampler,
-    ])
+    cfg.merge_from_list(
+        [
+            "MODEL.DEVICE",
+            "cpu",
+            "MODEL.WEIGHTS",
+            "",
+            "MODEL.RESNETS.DEPTH",
+            "18",
+            "MODEL.RESNETS.RES2_OUT_CHANNELS",
+            "64",
+            "MODEL.RESNETS.NORM",
+            "GN",
+            "MODEL.FPN.OUT_CHANNELS",
+            "16",
+            "MODEL.ROI_BOX_HEAD.FC_DIM",
+            "32",
+            "MODEL.ROI_MASK_HEAD.CONV_DIM",
+            "8",
+            "MODEL.ROI_HEADS.NUM_CLASSES",
+            "3",
+            "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE",
+            "32",
+            "MODEL.RPN.PRE_NMS_TOPK_TRAIN",
+            "200",
+            "MODEL.RPN.POST_NMS_TOPK_TRAIN",
+            "50",
+            "MODEL.ROI_PLUGIN.SAMPLER",
+            sampler,
+        ]
+    )
     return cfg
 
 
@@ -118,13 +155,17 @@ def make_batch(seed):
         masks = torch.zeros(n, h, w, dtype=torch.bool)
         boxes = []
         for i in range(n):
-            x0, y0 = int(torch.randint(0, 40, (1,), generator=g)), int(torch.randint(0, 48, (1,), generator=g))
+            x0, y0 = int(torch.randint(0, 40, (1,), generator=g)), int(
+                torch.randint(0, 48, (1,), generator=g)
+            )
             boxes.append([x0, y0, x0 + 30, y0 + 40])
-            masks[i, y0:y0 + 40, x0:x0 + 30] = True
+            masks[i, y0 : y0 + 40, x0 : x0 + 30] = True
         inst.gt_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32))
         inst.gt_classes = torch.randint(0, 3, (n,), generator=g)
         inst.gt_masks = BitMasks(masks)
-        batch.append({"image": torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8), "instances": inst})
+        batch.append(
+            {"image": torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8), "instances": inst}
+        )
     return batch
 
 
@@ -210,10 +251,15 @@ def test_deterministic_algorithms_cuda(sampler):
 # --------------------------------------------------------------------- gradients
 # Two levels (P2, P3) on a 24x24 image, one channel: small enough for numerical Jacobians.
 GRAD_BOXES = [
-    torch.tensor([[-3.0, -2.0, 10.0, 9.0],  # crosses the top-left border
-                  [18.0, 17.5, 24.5, 25.0],  # past the bottom-right border
-                  [6.0, 6.0, 6.0, 11.0],  # zero width
-                  [-50.0, -50.0, 70.0, 70.0]], dtype=torch.float64),  # P3, larger than the image
+    torch.tensor(
+        [
+            [-3.0, -2.0, 10.0, 9.0],  # crosses the top-left border
+            [18.0, 17.5, 24.5, 25.0],  # past the bottom-right border
+            [6.0, 6.0, 6.0, 11.0],  # zero width
+            [-50.0, -50.0, 70.0, 70.0],
+        ],
+        dtype=torch.float64,
+    ),  # P3, larger than the image
     torch.tensor([[4.0, 4.0, 20.0, 8.0], [0.0, 0.0, 24.0, 24.0]], dtype=torch.float64),
 ]
 
@@ -224,7 +270,8 @@ GRAD_BOXES = [
 def test_gradcheck_and_gradgradcheck(sampler, pooler_type, sampling_ratio):
     g = torch.Generator().manual_seed(0)
     feats = tuple(
-        torch.randn(2, 1, 24 // s, 24 // s, generator=g, dtype=torch.float64, requires_grad=True) for s in (4, 8)
+        torch.randn(2, 1, 24 // s, 24 // s, generator=g, dtype=torch.float64, requires_grad=True)
+        for s in (4, 8)
     )
     pooler = ROIAlignPooler(3, (1 / 4, 1 / 8), sampling_ratio, pooler_type, sampler=sampler)
 
@@ -233,5 +280,7 @@ def test_gradcheck_and_gradgradcheck(sampler, pooler_type, sampling_ratio):
 
     assert gradcheck(fn, feats, eps=1e-6, atol=1e-6)
     assert gradgradcheck(fn, feats, eps=1e-6, atol=1e-6)
-    static = lambda *maps: pooler._grid_sample_static(list(maps), boxes_to_rois(GRAD_BOXES).double())  # noqa: E731
+    static = lambda *maps: pooler._grid_sample_static(
+        list(maps), boxes_to_rois(GRAD_BOXES).double()
+    )  # noqa: E731
     assert gradcheck(static, feats, eps=1e-6, atol=1e-6, fast_mode=True)

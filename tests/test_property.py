@@ -2,6 +2,7 @@
 both alignment modes, the pooler equals ``torchvision.ops.roi_align`` on the level that
 Detectron2's rule picks, ROI by ROI. The static (export) path is held to the same reference.
 """
+
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings

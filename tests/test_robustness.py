@@ -3,6 +3,7 @@
 References: Detectron2's ``ROIPooler`` (torchvision's ``roi_align`` kernel per level) and
 Detectron2's ``assign_boxes_to_levels``; the heads' training/inference is Detectron2's.
 """
+
 import os
 
 import pytest
@@ -27,7 +28,8 @@ TOL = 1e-4
 def pyramid(batch=2, height=128, width=96, channels=4, seed=0, dtype=torch.float32):
     g = torch.Generator().manual_seed(seed)
     return [
-        torch.randn(batch, channels, height // s, width // s, generator=g, dtype=dtype) for s in (4, 8, 16, 32)
+        torch.randn(batch, channels, height // s, width // s, generator=g, dtype=dtype)
+        for s in (4, 8, 16, 32)
     ]
 
 
@@ -41,12 +43,24 @@ GOOD = torch.tensor([[10.0, 12.0, 60.0, 70.0], [0.0, 0.0, 96.0, 128.0], [30.0, 4
 
 
 def _case_zero_area():
-    return pyramid(), [torch.tensor([[10.0, 10.0, 10.0, 10.0], [5.0, 5.0, 5.0, 30.0], [20.0, 3.0, 40.0, 3.0]]), GOOD]
+    return pyramid(), [
+        torch.tensor([[10.0, 10.0, 10.0, 10.0], [5.0, 5.0, 5.0, 30.0], [20.0, 3.0, 40.0, 3.0]]),
+        GOOD,
+    ]
 
 
 def _case_outside_image():
-    return pyramid(), [torch.tensor([[-100.0, -100.0, -50.0, -50.0], [200.0, 200.0, 260.0, 300.0],
-                                     [-30.0, 10.0, -2.0, 40.0], [97.0, 0.0, 150.0, 20.0]]), GOOD]
+    return pyramid(), [
+        torch.tensor(
+            [
+                [-100.0, -100.0, -50.0, -50.0],
+                [200.0, 200.0, 260.0, 300.0],
+                [-30.0, 10.0, -2.0, 40.0],
+                [97.0, 0.0, 150.0, 20.0],
+            ]
+        ),
+        GOOD,
+    ]
 
 
 def _case_larger_than_image():
@@ -54,7 +68,10 @@ def _case_larger_than_image():
 
 
 def _case_border():
-    return pyramid(), [torch.tensor([[-3.0, -3.0, 1.0, 1.0], [95.5, 127.5, 96.0, 128.0], [90.0, 0.0, 96.0, 6.0]]), GOOD]
+    return pyramid(), [
+        torch.tensor([[-3.0, -3.0, 1.0, 1.0], [95.5, 127.5, 96.0, 128.0], [90.0, 0.0, 96.0, 6.0]]),
+        GOOD,
+    ]
 
 
 def _case_empty_in_one_image():
@@ -64,8 +81,10 @@ def _case_empty_in_one_image():
 def _case_p5_is_1x1():
     feats = pyramid(height=32, width=32)
     assert feats[-1].shape[-2:] == (1, 1)
-    return feats, [torch.tensor([[0.0, 0.0, 32.0, 32.0], [4.0, 4.0, 9.0, 30.0], [-8.0, -8.0, 40.0, 40.0]]),
-                   torch.tensor([[1.0, 1.0, 3.0, 3.0], [0.0, 0.0, 300.0, 300.0]])]
+    return feats, [
+        torch.tensor([[0.0, 0.0, 32.0, 32.0], [4.0, 4.0, 9.0, 30.0], [-8.0, -8.0, 40.0, 40.0]]),
+        torch.tensor([[1.0, 1.0, 3.0, 3.0], [0.0, 0.0, 300.0, 300.0]]),
+    ]
 
 
 def _case_non_contiguous():
@@ -139,19 +158,47 @@ def _bad(feats=None, boxes=None):
 NAN = torch.tensor([[1.0, 2.0, float("nan"), 4.0]])
 INF = torch.tensor([[1.0, float("-inf"), 3.0, 4.0]])
 ERRORS = {
-    "inverted_x": (lambda: _bad(boxes=[GOOD, torch.tensor([[50.0, 10.0, 20.0, 30.0]])]), ValueError, "inverted"),
-    "inverted_y": (lambda: _bad(boxes=[torch.tensor([[5.0, 30.0, 20.0, 29.0]]), GOOD]), ValueError, "inverted"),
+    "inverted_x": (
+        lambda: _bad(boxes=[GOOD, torch.tensor([[50.0, 10.0, 20.0, 30.0]])]),
+        ValueError,
+        "inverted",
+    ),
+    "inverted_y": (
+        lambda: _bad(boxes=[torch.tensor([[5.0, 30.0, 20.0, 29.0]]), GOOD]),
+        ValueError,
+        "inverted",
+    ),
     "nan_coordinates": (lambda: _bad(boxes=[GOOD, torch.cat([GOOD, NAN])]), ValueError, "non-finite"),
     "inf_coordinates": (lambda: _bad(boxes=[torch.cat([INF, GOOD]), GOOD]), ValueError, "non-finite"),
-    "fewer_box_lists_than_images": (lambda: _bad(boxes=[GOOD]), ValueError, "boxes for 1 images.*batch size 2"),
-    "more_box_lists_than_images": (lambda: _bad(boxes=[GOOD] * 3), ValueError, "boxes for 3 images.*batch size 2"),
+    "fewer_box_lists_than_images": (
+        lambda: _bad(boxes=[GOOD]),
+        ValueError,
+        "boxes for 1 images.*batch size 2",
+    ),
+    "more_box_lists_than_images": (
+        lambda: _bad(boxes=[GOOD] * 3),
+        ValueError,
+        "boxes for 3 images.*batch size 2",
+    ),
     "boxes_on_other_device": (lambda: _bad(boxes=[GOOD, GOOD.to("meta")]), ValueError, "on meta"),
     "boxes_not_nx4": (lambda: _bad(boxes=[GOOD, GOOD[:, :3]]), ValueError, "Nx4"),
     "boxes_not_a_list": (lambda: _bad(boxes=GOOD), TypeError, "list"),
     "too_few_feature_maps": (lambda: _bad(feats=pyramid()[:3]), ValueError, "3 feature maps.*4"),
-    "too_many_feature_maps": (lambda: _bad(feats=pyramid() + [torch.zeros(2, 4, 2, 2)]), ValueError, "5 feature maps"),
-    "integer_features": (lambda: _bad(feats=[f.to(torch.int32) for f in pyramid()]), TypeError, "floating dtype"),
-    "mixed_feature_dtypes": (lambda: _bad(feats=pyramid()[:3] + [pyramid()[3].double()]), ValueError, "dtype"),
+    "too_many_feature_maps": (
+        lambda: _bad(feats=pyramid() + [torch.zeros(2, 4, 2, 2)]),
+        ValueError,
+        "5 feature maps",
+    ),
+    "integer_features": (
+        lambda: _bad(feats=[f.to(torch.int32) for f in pyramid()]),
+        TypeError,
+        "floating dtype",
+    ),
+    "mixed_feature_dtypes": (
+        lambda: _bad(feats=pyramid()[:3] + [pyramid()[3].double()]),
+        ValueError,
+        "dtype",
+    ),
     "features_not_4d": (lambda: _bad(feats=[f[0] for f in pyramid()]), ValueError, "4-D"),
     "features_wrong_sizes": (lambda: _bad(feats=pyramid()[:2] + pyramid()[:2]), ValueError, "halve"),
 }
@@ -186,12 +233,17 @@ def test_level_boundary_same_as_detectron2(dtype):
     ref = d2_assign_boxes_to_levels([Boxes(boxes)], 2, 5, 224, 4)
     ours = assign_boxes_to_levels(boxes.float(), 2, 5, 224, 4)
     assert torch.equal(ours, ref)
-    assert ref.bincount().tolist() != d2_assign_boxes_to_levels([Boxes(boxes.round())], 2, 5, 224, 4).bincount().tolist()
+    assert (
+        ref.bincount().tolist()
+        != d2_assign_boxes_to_levels([Boxes(boxes.round())], 2, 5, 224, 4).bincount().tolist()
+    )
     # and the pooler routes them the same way: its output equals ROIPooler's
     feats = pyramid(batch=1, height=1536, width=1536, channels=2)
     for sampler in SAMPLERS:
         out = ROIAlignPooler(7, SCALES, 2, "ROIAlignV2", sampler=sampler)(feats, [boxes])
-        torch.testing.assert_close(out, reference(feats, [boxes], "ROIAlignV2", 2).to(out.dtype), atol=TOL, rtol=0)
+        torch.testing.assert_close(
+            out, reference(feats, [boxes], "ROIAlignV2", 2).to(out.dtype), atol=TOL, rtol=0
+        )
 
 
 # --------------------------------------------------------------------- huge boxes
@@ -224,7 +276,7 @@ def test_huge_boxes(sampler, pooler_type):
     aligned = pooler_type == "ROIAlignV2"
     for i, b in enumerate(ref_box):  # all on P5 (index 3)
         torch.testing.assert_close(
-            out[i:i + 1], roi_align(feats[3][i:i + 1], [b], 7, 1 / 32, 0, aligned), atol=TOL, rtol=0
+            out[i : i + 1], roi_align(feats[3][i : i + 1], [b], 7, 1 / 32, 0, aligned), atol=TOL, rtol=0
         )
     normal = _peak_cpu_bytes(lambda: pooler(feats, boxes(0.0)))
     for s in (1e6, 1e7, 1e8, 1e9):
@@ -239,15 +291,38 @@ def tiny_cfg(sampler="gather"):
     cfg = get_cfg()
     add_roi_plugin_config(cfg)
     cfg.merge_from_file(os.path.join(REPO, "configs", "mask_rcnn_R_50_FPN_1x_plugin.yaml"))
-    cfg.merge_from_list([
-        "MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", "MODEL.RESNETS.DEPTH", "18",
-        "MODEL.RESNETS.RES2_OUT_CHANNELS", "64", "MODEL.FPN.OUT_CHANNELS", "16",
-        "MODEL.ROI_BOX_HEAD.FC_DIM", "32", "MODEL.ROI_MASK_HEAD.CONV_DIM", "8",
-        "MODEL.ROI_HEADS.NUM_CLASSES", "3", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "32",
-        "MODEL.RPN.PRE_NMS_TOPK_TRAIN", "200", "MODEL.RPN.POST_NMS_TOPK_TRAIN", "50",
-        "MODEL.RPN.PRE_NMS_TOPK_TEST", "200", "MODEL.RPN.POST_NMS_TOPK_TEST", "50",
-        "MODEL.ROI_PLUGIN.SAMPLER", sampler,
-    ])
+    cfg.merge_from_list(
+        [
+            "MODEL.DEVICE",
+            "cpu",
+            "MODEL.WEIGHTS",
+            "",
+            "MODEL.RESNETS.DEPTH",
+            "18",
+            "MODEL.RESNETS.RES2_OUT_CHANNELS",
+            "64",
+            "MODEL.FPN.OUT_CHANNELS",
+            "16",
+            "MODEL.ROI_BOX_HEAD.FC_DIM",
+            "32",
+            "MODEL.ROI_MASK_HEAD.CONV_DIM",
+            "8",
+            "MODEL.ROI_HEADS.NUM_CLASSES",
+            "3",
+            "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE",
+            "32",
+            "MODEL.RPN.PRE_NMS_TOPK_TRAIN",
+            "200",
+            "MODEL.RPN.POST_NMS_TOPK_TRAIN",
+            "50",
+            "MODEL.RPN.PRE_NMS_TOPK_TEST",
+            "200",
+            "MODEL.RPN.POST_NMS_TOPK_TEST",
+            "50",
+            "MODEL.ROI_PLUGIN.SAMPLER",
+            sampler,
+        ]
+    )
     return cfg
 
 
@@ -257,7 +332,9 @@ def image_input(h, w, n_objects, seed):
     masks = torch.zeros(n_objects, h, w, dtype=torch.bool)
     boxes = []
     for i in range(n_objects):
-        x0, y0 = int(torch.randint(0, w // 2, (1,), generator=g)), int(torch.randint(0, h // 2, (1,), generator=g))
+        x0, y0 = int(torch.randint(0, w // 2, (1,), generator=g)), int(
+            torch.randint(0, h // 2, (1,), generator=g)
+        )
         x1, y1 = x0 + w // 3, y0 + h // 3
         masks[i, y0:y1, x0:x1] = True
         boxes.append([x0, y0, x1, y1])
@@ -283,7 +360,11 @@ def test_training_without_annotations(sampler, objects):
             assert losses[key].item() == 0.0 and losses[key].requires_grad, key
     sum(losses.values()).backward()
     heads = model.roi_heads
-    for p in (heads.box_predictor.bbox_pred.weight, heads.mask_head.predictor.weight, heads.box_head.fc1.weight):
+    for p in (
+        heads.box_predictor.bbox_pred.weight,
+        heads.mask_head.predictor.weight,
+        heads.box_head.fc1.weight,
+    ):
         assert p.grad is not None and bool(torch.isfinite(p.grad).all())
     if objects == (0, 0):
         assert heads.box_predictor.bbox_pred.weight.grad.abs().max() == 0
@@ -309,7 +390,7 @@ def test_non_finite_features(sampler, bad):
     torch.manual_seed(0)
     model = build_model(tiny_cfg(sampler)).eval()
     names = ["p2", "p3", "p4", "p5", "p6"]
-    feats = {k: torch.full((1, 16, 128 // 2 ** i, 96 // 2 ** i), value) for i, k in enumerate(names, 2)}
+    feats = {k: torch.full((1, 16, 128 // 2**i, 96 // 2**i), value) for i, k in enumerate(names, 2)}
     proposals = Instances((128, 96))
     proposals.proposal_boxes = Boxes(torch.cat([GOOD, boxes[0]]))
     proposals.objectness_logits = torch.zeros(5)

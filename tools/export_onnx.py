@@ -15,6 +15,7 @@ images and the maps' sizes are dynamic. ``--verify`` reruns both graphs in onnxr
 a different number of ROIs and images than the export used and compares with PyTorch.
 Trailing ``KEY VALUE`` pairs override the config, as in Detectron2's tools.
 """
+
 import argparse
 import os
 import sys
@@ -31,22 +32,34 @@ from roi_plugin.pooler import EXPORT_MAX_GRID
 
 
 def get_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config-file", required=True, help="a roi_plugin config (PluginROIHeads/GridSampleROIHeads)")
-    parser.add_argument("--checkpoint", default="", help="weights to load; empty = the config's MODEL.WEIGHTS")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--config-file", required=True, help="a roi_plugin config (PluginROIHeads/GridSampleROIHeads)"
+    )
+    parser.add_argument(
+        "--checkpoint", default="", help="weights to load; empty = the config's MODEL.WEIGHTS"
+    )
     parser.add_argument("--output-dir", default="output/onnx")
     parser.add_argument("--height", type=int, default=320, help="example image height used for the export")
     parser.add_argument("--width", type=int, default=320)
     parser.add_argument("--num-rois", type=int, default=16, help="example ROIs per image used for the export")
     parser.add_argument(
-        "--max-grid", type=int, default=EXPORT_MAX_GRID,
+        "--max-grid",
+        type=int,
+        default=EXPORT_MAX_GRID,
         help="samples per bin and axis laid out when POOLER_SAMPLING_RATIO is 0 (adaptive); "
         "exact for ROIs whose adaptive grid is at most this",
     )
     parser.add_argument("--opset", type=int, default=17)
-    parser.add_argument("--verify", action="store_true", help="compare onnxruntime with PyTorch (needs onnxruntime)")
     parser.add_argument(
-        "--tolerance", type=float, default=1e-4,
+        "--verify", action="store_true", help="compare onnxruntime with PyTorch (needs onnxruntime)"
+    )
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        default=1e-4,
         help="max |onnx - torch| / max(1, max |torch|) accepted by --verify",
     )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, KEY VALUE ...")
