@@ -398,3 +398,31 @@ def test_non_finite_features(sampler, bad):
         instances, _ = model.roi_heads(None, feats, [proposals])
     assert len(instances) == 1 and len(instances[0]) == 0
     assert instances[0].pred_masks.shape[0] == 0
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_model_on_images_where_p5_is_1x1(sampler):
+    """Train and infer on 24x20 and 30x32 images (padded to 32: P5 is 1x1, P6 1x1)."""
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg(sampler))
+    batch = [image_input(24, 20, 1, seed=0), image_input(30, 32, 0, seed=1)]
+    with EventStorage():
+        losses = model.train()(batch)
+    assert all(bool(torch.isfinite(v)) for v in losses.values()), losses
+    sum(losses.values()).backward()
+    model.eval()
+    with torch.no_grad():
+        images = model.preprocess_image(batch)
+        features = model.backbone(images.tensor)
+        assert features["p5"].shape[-2:] == (1, 1)
+        proposals, _ = model.proposal_generator(images, features)
+        maps = [features[k] for k in model.roi_heads.box_in_features]
+        boxes = [p.proposal_boxes.tensor for p in proposals]
+        torch.testing.assert_close(
+            model.roi_heads.box_pooler(maps, boxes), reference(maps, boxes, "ROIAlignV2"), atol=TOL, rtol=0
+        )
+        results = model([{"image": x["image"]} for x in batch])
+    for r, x in zip(results, batch):
+        inst = r["instances"]
+        assert bool(torch.isfinite(inst.pred_boxes.tensor).all())
+        assert inst.pred_masks.shape[1:] == (x["height"], x["width"])
