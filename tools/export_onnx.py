@@ -114,6 +114,12 @@ def main(argv=None) -> dict:
             f"{type(heads).__name__}.box_pooler is {type(getattr(heads, 'box_pooler', None)).__name__}, "
             "not roi_plugin's ROIAlignPooler: use MODEL.ROI_HEADS.NAME PluginROIHeads or GridSampleROIHeads"
         )
+    if heads.box_pooler.sampling_ratio == 0:
+        print(
+            f"note: POOLER_SAMPLING_RATIO is 0 (adaptive); the graph lays out at most {args.max_grid} "
+            "samples per bin and axis (exact for ROIs up to that many per bin, sub-sampled beyond). "
+            "Export with POOLER_SAMPLING_RATIO > 0 for a graph that equals the eager model for every ROI."
+        )
     os.makedirs(args.output_dir, exist_ok=True)
     modules = {
         "box_branch": (ExportableBoxBranch(heads, args.max_grid), ("scores", "deltas")),
