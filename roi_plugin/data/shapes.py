@@ -1,0 +1,442 @@
+# Copyright (c) roi_plugin authors. Licensed under the Apache License 2.0.
+"""A deterministic synthetic instance-segmentation dataset: coloured shapes on cluttered backgrounds.
+
+Every image holds a few objects of four classes (circle, square, triangle, star) whose sizes
+are log-uniform from about 12 to 240 pixels, so that on 256-pixel images the FPN level rule
+sends ROIs to each of P2..P5. Objects overlap and occlude each other (the later one drawn is
+on top); the ground-truth masks are the *visible* parts, as COCO polygons. The background is a
+noisy colour gradient with clutter (lines, dots, rings) that is not annotated.
+
+The images and COCO json are generated on first use into a cache directory
+(``$ROI_PLUGIN_DATASETS``, default ``<repo>/datasets``) and never committed. Generation is
+deterministic (one seeded RNG per image), takes seconds, and is atomic: a split is written
+into a temporary directory, a ``MANIFEST.json`` with the SHA-256 of every file is written
+last, and the directory is renamed into place. On load the manifest is checked against the
+files; a cache that is incomplete, corrupt or of another generator version is rebuilt.
+"""
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import math
+import multiprocessing
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import contourpy
+import numpy as np
+from PIL import Image, ImageDraw
+
+__all__ = [
+    "SHAPES_CLASSES",
+    "SPLITS",
+    "shapes_root",
+    "ensure_shapes_split",
+    "verify_shapes_split",
+    "generate_shapes_image",
+    "register_shapes",
+    "register_shapes_instances",
+]
+
+logger = logging.getLogger(__name__)
+
+SHAPES_CLASSES = ("circle", "square", "triangle", "star")
+# Bump when the generator's output changes: an older cache is then rebuilt, never reused.
+GENERATOR_VERSION = 1
+# split -> (number of images, base seed). Seeds differ so val never repeats a train image.
+SPLITS: Dict[str, Tuple[int, int]] = {"train": (1000, 1), "val": (200, 2)}
+IMAGE_SIZE = 256
+MIN_OBJECT_SIZE, MAX_OBJECT_SIZE = 12.0, 240.0
+# Fraction of images whose first (bottom-most) object is about as large as the image.
+LARGE_OBJECT_PROB = 0.2
+# An object stays annotated only while at least this fraction of it is visible.
+MIN_VISIBLE_FRACTION = 0.4
+ENV_VAR = "ROI_PLUGIN_DATASETS"
+
+
+def shapes_root() -> Path:
+    """The cache directory: ``$ROI_PLUGIN_DATASETS`` or ``<repo>/datasets`` (git-ignored)."""
+    env = os.environ.get(ENV_VAR)
+    if env:
+        return Path(env).expanduser()
+    return Path(__file__).resolve().parents[2] / "datasets"
+
+
+def _split_dir(root: Path, split: str) -> Path:
+    return root / f"shapes_v{GENERATOR_VERSION}" / split
+
+
+# ---------------------------------------------------------------------------------------------
+# Drawing
+# ---------------------------------------------------------------------------------------------
+def _shape_polygon(rng: np.random.Generator, cls: str, cx: float, cy: float, size: float) -> np.ndarray:
+    """(N, 2) vertices (x, y) of one object whose bounding extent is about ``size`` pixels."""
+    r = size / 2.0
+    angle = rng.uniform(0, 2 * math.pi)
+    if cls == "circle":
+        # An ellipse with mild eccentricity; enough vertices that the polygon is round.
+        n = 48
+        ry = r * rng.uniform(0.75, 1.0)
+        t = np.linspace(0, 2 * math.pi, n, endpoint=False)
+        pts = np.stack([r * np.cos(t), ry * np.sin(t)], axis=1)
+    elif cls == "square":
+        t = np.array([0.25, 0.75, 1.25, 1.75]) * math.pi
+        aspect = rng.uniform(0.8, 1.0)
+        pts = np.stack([r * np.cos(t), aspect * r * np.sin(t)], axis=1)
+    elif cls == "triangle":
+        t = np.array([0.5, 0.5 + 2 / 3, 0.5 + 4 / 3]) * math.pi + rng.uniform(-0.15, 0.15, 3)
+        pts = np.stack([r * np.cos(t), r * np.sin(t)], axis=1)
+    elif cls == "star":
+        t = np.arange(10) * math.pi / 5
+        radii = np.where(np.arange(10) % 2 == 0, r, r * rng.uniform(0.4, 0.55))
+        pts = np.stack([radii * np.cos(t), radii * np.sin(t)], axis=1)
+    else:
+        raise ValueError(f"unknown shape class {cls!r}; expected one of {SHAPES_CLASSES}")
+    rot = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
+    return pts @ rot.T + np.array([cx, cy])
+
+
+def _rasterize(poly: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Boolean (h, w) mask of a polygon given in image coordinates (pixel i spans [i, i+1])."""
+    img = Image.new("1", (w, h), 0)
+    # PIL fills pixel (x, y) when its centre (x + 0.5, y + 0.5) is inside; shift to its convention.
+    ImageDraw.Draw(img).polygon([(float(x) - 0.5, float(y) - 0.5) for x, y in poly], fill=1)
+    return np.asarray(img, dtype=bool)
+
+
+def _mask_to_polygons(mask: np.ndarray) -> Optional[List[List[float]]]:
+    """COCO polygons of the connected parts of a boolean mask, or None if the mask has a hole
+    (COCO polygons cannot express holes). Coordinates are image coordinates."""
+    ys, xs = np.nonzero(mask)
+    if len(ys) == 0:
+        return []
+    y0, x0 = ys.min(), xs.min()
+    # Work on the mask's bounding crop (padded by 1 so that contours close): much faster.
+    z = np.pad(mask[y0 : ys.max() + 1, x0 : xs.max() + 1].astype(np.float64), 1)
+    points, offsets = contourpy.contour_generator(z=z, fill_type="OuterOffset").filled(0.5, 1.5)
+    polys = []
+    for pts, offs in zip(points, offsets):
+        if len(offs) > 2:  # outer ring plus at least one hole
+            return None
+        # Contours pass between pixel centres; +0.5 maps index space to pixel-edge coordinates,
+        # -1 undoes the padding, + (x0, y0) undoes the crop.
+        ring = pts[offs[0] : offs[1]] + (x0 + 0.5 - 1.0, y0 + 0.5 - 1.0)
+        if len(ring) >= 3 and _poly_area(ring) >= 2.0:
+            polys.append(np.round(ring.reshape(-1), 2).tolist())
+    return polys
+
+
+def _poly_area(p: np.ndarray) -> float:
+    x, y = p[:, 0], p[:, 1]
+    return 0.5 * abs(float(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))))
+
+
+def _random_color(rng: np.random.Generator, avoid: np.ndarray) -> np.ndarray:
+    """A colour at least some distance from ``avoid`` (the local background), so objects show."""
+    for _ in range(20):
+        c = rng.integers(0, 256, 3)
+        if np.abs(c - avoid).sum() > 150:
+            return c
+    return 255 - avoid
+
+
+def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """Noisy colour gradient plus un-annotated clutter (lines, dots, rings). float32 (h, w, 3)."""
+    c0, c1 = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
+    direction = rng.uniform(0, 2 * math.pi)
+    t = (np.arange(w, dtype=np.float32)[None, :] * math.cos(direction)
+         + np.arange(h, dtype=np.float32)[:, None] * math.sin(direction))
+    t = (t - t.min()) / max(float(t.max() - t.min()), 1e-6)
+    bg = c0.astype(np.float32) + t[..., None] * (c1 - c0).astype(np.float32)
+    img = Image.fromarray(bg.astype(np.uint8))
+    draw = ImageDraw.Draw(img)
+    for _ in range(int(rng.integers(3, 10))):
+        kind = rng.integers(0, 3)
+        color = tuple(int(v) for v in rng.integers(0, 256, 3))
+        x, y = rng.uniform(0, w), rng.uniform(0, h)
+        if kind == 0:
+            x2, y2 = x + rng.uniform(-80, 80), y + rng.uniform(-80, 80)
+            draw.line([(x, y), (x2, y2)], fill=color, width=int(rng.integers(1, 4)))
+        elif kind == 1:
+            r = rng.uniform(1, 4)
+            draw.ellipse([x - r, y - r, x + r, y + r], fill=color)
+        else:
+            r = rng.uniform(6, 20)
+            draw.ellipse([x - r, y - r, x + r, y + r], outline=color, width=2)
+    return np.asarray(img, dtype=np.float32)
+
+
+def generate_shapes_image(seed_seq, height: int = IMAGE_SIZE, width: int = IMAGE_SIZE):
+    """Draw one image and its annotations, deterministically from ``seed_seq``.
+
+    Args:
+        seed_seq: anything ``np.random.default_rng`` accepts, e.g. ``[base_seed, index]``.
+    Returns:
+        image: (H, W, 3) uint8 RGB.
+        annos: list of dicts with ``category_id`` (0-based index into SHAPES_CLASSES),
+            ``bbox`` (XYWH_ABS, of the visible part), ``segmentation`` (COCO polygons of the
+            visible part) and ``area`` (visible pixels).
+    """
+    rng = np.random.default_rng(seed_seq)
+    h, w = height, width
+    canvas = _background(rng, h, w)
+    n_objects = int(rng.integers(2, 8))
+    large_first = rng.uniform() < LARGE_OBJECT_PROB
+    # Placed objects: class id, full mask, colour; visible masks are recomputed as we go.
+    classes: List[int] = []
+    full_masks: List[np.ndarray] = []
+    colors: List[np.ndarray] = []
+    visible: List[np.ndarray] = []
+    polys: List[Optional[List[List[float]]]] = []
+    for _ in range(n_objects):
+        for _attempt in range(20):
+            cls = int(rng.integers(0, len(SHAPES_CLASSES)))
+            if not classes and large_first:
+                # Some images start with one object about as large as the image: with the FPN
+                # level rule (canonical 224 px at P4) only those reach P5.
+                size = rng.uniform(MAX_OBJECT_SIZE, 1.35 * MAX_OBJECT_SIZE)
+            else:
+                size = math.exp(rng.uniform(math.log(MIN_OBJECT_SIZE), math.log(MAX_OBJECT_SIZE)))
+            # Centres may sit near the border, so objects are sometimes cut by it (truncation).
+            cx = rng.uniform(size * 0.3, w - size * 0.3)
+            cy = rng.uniform(size * 0.3, h - size * 0.3)
+            poly = _shape_polygon(rng, SHAPES_CLASSES[cls], cx, cy, size)
+            mask = _rasterize(poly, h, w)
+            if mask.sum() < 0.6 * MIN_OBJECT_SIZE**2 * 0.4:
+                continue
+            # The new object goes on top: check every earlier object stays recognisable.
+            new_visible = [v & ~mask for v in visible]
+            ok = True
+            new_polys = list(polys)
+            for i, (v_old, v_new) in enumerate(zip(visible, new_visible)):
+                if not (v_old & mask).any():
+                    continue
+                if v_new.sum() < MIN_VISIBLE_FRACTION * full_masks[i].sum():
+                    ok = False
+                    break
+                p = _mask_to_polygons(v_new)
+                if not p:  # a hole (fully enclosed object) or nothing left: try elsewhere
+                    ok = False
+                    break
+                new_polys[i] = p
+            if not ok:
+                continue
+            # Unoccluded objects keep their exact polygon (clipped to the image by the mask test).
+            inside = (poly[:, 0].min() >= 0 and poly[:, 1].min() >= 0
+                      and poly[:, 0].max() <= w and poly[:, 1].max() <= h)
+            own = [np.round(poly.reshape(-1), 2).tolist()] if inside else _mask_to_polygons(mask)
+            if not own:
+                continue
+            visible = new_visible + [mask]
+            polys = new_polys + [own]
+            classes.append(cls)
+            full_masks.append(mask)
+            bg_here = canvas[mask].mean(axis=0)
+            colors.append(_random_color(rng, bg_here))
+            break
+    for m, c in zip(full_masks, colors):
+        # Mild shading inside each object so that fills are not perfectly flat.
+        canvas[m] = c * rng.uniform(0.85, 1.0)
+    # Uniform pixel noise (std ~8); integer draws are several times cheaper than normal ones.
+    canvas += rng.integers(-14, 15, canvas.shape, dtype=np.int16)
+    image = canvas.clip(0, 255).astype(np.uint8)
+
+    annos = []
+    for cls, v, p in zip(classes, visible, polys):
+        ys, xs = np.nonzero(v)
+        x0, y0, x1, y1 = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
+        annos.append(
+            {
+                "category_id": cls,
+                "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)],
+                "segmentation": p,
+                "area": float(v.sum()),
+                "iscrowd": 0,
+            }
+        )
+    return image, annos
+
+
+# ---------------------------------------------------------------------------------------------
+# Cache: generate, verify, rebuild
+# ---------------------------------------------------------------------------------------------
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _write_image(job):
+    out_dir, split, seed, idx = job
+    image, annos = generate_shapes_image([seed, idx])
+    file_name = f"{split}_{idx:05d}.png"
+    Image.fromarray(image).save(out_dir / "images" / file_name, compress_level=1)
+    return file_name, image.shape[:2], annos
+
+
+def _write_split(out_dir: Path, split: str, num_images: int, seed: int) -> None:
+    """Generate a split into ``out_dir`` (images/, annotations.json, MANIFEST.json last)."""
+    (out_dir / "images").mkdir(parents=True)
+    jobs = [(out_dir, split, seed, idx) for idx in range(num_images)]
+    workers = min(len(os.sched_getaffinity(0)), 8)
+    if workers > 1:
+        # Each image has its own seed, so the result does not depend on the worker count.
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            results = pool.map(_write_image, jobs, chunksize=16)
+    else:
+        results = [_write_image(j) for j in jobs]
+    images, annotations = [], []
+    for idx, (file_name, (height, width), annos) in enumerate(results):
+        images.append({"id": idx + 1, "file_name": file_name, "height": height, "width": width})
+        for a in annos:
+            a = dict(a, id=len(annotations) + 1, image_id=idx + 1, category_id=a["category_id"] + 1)
+            annotations.append(a)
+    coco = {
+        "info": {"description": f"roi_plugin synthetic shapes, {split}", "version": GENERATOR_VERSION},
+        "images": images,
+        "annotations": annotations,
+        # COCO ids are 1-based; load_coco_json maps them to contiguous 0-based ids.
+        "categories": [{"id": i + 1, "name": n} for i, n in enumerate(SHAPES_CLASSES)],
+    }
+    with open(out_dir / "annotations.json", "w") as f:
+        json.dump(coco, f)
+    files = sorted(str(p.relative_to(out_dir)) for p in out_dir.rglob("*") if p.is_file())
+    manifest = {
+        "generator_version": GENERATOR_VERSION,
+        "split": split,
+        "num_images": num_images,
+        "seed": seed,
+        "files": {name: _sha256(out_dir / name) for name in files},
+    }
+    # Written last: a split without a complete manifest is by definition half-written.
+    with open(out_dir / "MANIFEST.json", "w") as f:
+        json.dump(manifest, f, indent=0, sort_keys=True)
+
+
+def verify_shapes_split(split_dir: Path, split: str) -> Optional[str]:
+    """Why the cached split is unusable (a short reason), or None if it is complete and intact."""
+    manifest_path = split_dir / "MANIFEST.json"
+    if not manifest_path.is_file():
+        return "no MANIFEST.json (missing or half-written)"
+    try:
+        with open(manifest_path) as f:
+            manifest = json.load(f)
+    except (OSError, ValueError) as e:
+        return f"unreadable MANIFEST.json ({e})"
+    num_images, seed = SPLITS[split]
+    expected = {"generator_version": GENERATOR_VERSION, "split": split, "num_images": num_images,
+                "seed": seed}
+    for k, v in expected.items():
+        if manifest.get(k) != v:
+            return f"MANIFEST.json has {k}={manifest.get(k)!r}, expected {v!r}"
+    files = manifest.get("files", {})
+    if len(files) != num_images + 1:
+        return f"MANIFEST.json lists {len(files)} files, expected {num_images + 1}"
+    on_disk = {str(p.relative_to(split_dir)) for p in split_dir.rglob("*") if p.is_file()}
+    if on_disk - {"MANIFEST.json"} != set(files):
+        return "files on disk differ from MANIFEST.json"
+    for name, digest in files.items():
+        if _sha256(split_dir / name) != digest:
+            return f"{name} does not match its SHA-256 in MANIFEST.json"
+    return None
+
+
+@contextlib.contextmanager
+def _locked(root: Path):
+    """An exclusive lock on the cache dir, so concurrent processes (DDP ranks) generate once."""
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".shapes.lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def ensure_shapes_split(split: str, root: Optional[Path] = None) -> Path:
+    """Return the directory of a verified split, generating (or rebuilding) it if needed.
+
+    Args:
+        split: "train" or "val".
+        root: cache directory; default :func:`shapes_root`.
+    Returns:
+        the split directory, holding ``images/`` and ``annotations.json``.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"unknown shapes split {split!r}; expected one of {sorted(SPLITS)}")
+    root = Path(root) if root is not None else shapes_root()
+    split_dir = _split_dir(root, split)
+    try:
+        with _locked(root):
+            reason = verify_shapes_split(split_dir, split) if split_dir.exists() else "not generated yet"
+            if reason is None:
+                return split_dir
+            if split_dir.exists():
+                logger.warning(f"Rebuilding the shapes '{split}' cache at {split_dir}: {reason}")
+            num_images, seed = SPLITS[split]
+            logger.info(f"Generating the shapes '{split}' split ({num_images} images) into {split_dir}")
+            split_dir.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{split}.tmp-", dir=split_dir.parent))
+            try:
+                _write_split(tmp, split, num_images, seed)
+                if split_dir.exists():
+                    stale = Path(tempfile.mkdtemp(prefix=f".{split}.stale-", dir=split_dir.parent))
+                    os.replace(split_dir, stale / "old")
+                    shutil.rmtree(stale)
+                os.replace(tmp, split_dir)  # atomic: readers see the old dir or the complete new one
+            finally:
+                if tmp.exists():
+                    shutil.rmtree(tmp)
+            return split_dir
+    except OSError as e:
+        raise OSError(
+            f"cannot write the shapes dataset cache under {root} ({e.strerror or e}); "
+            f"set ${ENV_VAR} to a writable directory"
+        ) from e
+
+
+# ---------------------------------------------------------------------------------------------
+# Detectron2 registration
+# ---------------------------------------------------------------------------------------------
+def _load(name: str, split: str, root: Path):
+    from detectron2.data.datasets import load_coco_json
+
+    split_dir = ensure_shapes_split(split, root)
+    return load_coco_json(str(split_dir / "annotations.json"), str(split_dir / "images"), name)
+
+
+def register_shapes_instances(name: str, split: str, root: Optional[Path] = None) -> None:
+    """Register one split as a Detectron2 dataset ``name`` (lazy: generated on first ``get``).
+
+    Args:
+        root: cache directory, fixed at registration; default :func:`shapes_root`.
+    """
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    root = Path(root) if root is not None else shapes_root()
+    DatasetCatalog.register(name, lambda: _load(name, split, root))
+    split_dir = _split_dir(root, split)
+    MetadataCatalog.get(name).set(
+        # Known in advance; the file exists once the dataset has been loaded (the test loader
+        # is always built before COCOEvaluator reads it).
+        json_file=str(split_dir / "annotations.json"),
+        image_root=str(split_dir / "images"),
+        evaluator_type="coco",
+        thing_classes=list(SHAPES_CLASSES),
+    )
+
+
+def register_shapes() -> None:
+    """Register ``shapes_train`` and ``shapes_val`` (idempotent)."""
+    from detectron2.data import DatasetCatalog
+
+    for split in SPLITS:
+        name = f"shapes_{split}"
+        if name not in DatasetCatalog.list():
+            register_shapes_instances(name, split)
