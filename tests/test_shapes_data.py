@@ -54,7 +54,9 @@ def test_annotations_match_their_masks():
     assert n_occluded > 0  # some objects are cut by others (their polygon is a traced contour)
 
 
-def test_every_fpn_level_gets_ground_truth_boxes():
+def test_fpn_levels_p2_to_p4_get_ground_truth_boxes():
+    """Detectron2's level rule puts sqrt(wh) = 224 at P4, so on 256-pixel images boxes reach
+    P2..P4; P5 (>= 448 px) is out of reach whatever the objects."""
     boxes = []
     for idx in range(150):
         _, annos = shapes.generate_shapes_image([3, idx])
@@ -62,8 +64,8 @@ def test_every_fpn_level_gets_ground_truth_boxes():
     from detectron2.structures import Boxes
 
     levels = assign_boxes_to_levels([Boxes(torch.tensor(boxes))], 2, 5, 224, 4)
-    counts = torch.bincount(levels, minlength=4)
-    assert (counts > 0).all(), counts
+    counts = torch.bincount(levels, minlength=4)  # P2, P3, P4, P5
+    assert (counts[:3] >= 10).all(), counts
 
 
 @pytest.fixture

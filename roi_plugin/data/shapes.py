@@ -2,8 +2,10 @@
 """A deterministic synthetic instance-segmentation dataset: coloured shapes on cluttered backgrounds.
 
 Every image holds a few objects of four classes (circle, square, triangle, star) whose sizes
-are log-uniform from about 12 to 240 pixels, so that on 256-pixel images the FPN level rule
-sends ROIs to each of P2..P5. Objects overlap and occlude each other (the later one drawn is
+are log-uniform from about 12 to 240 pixels, plus now and then one larger than the image, so
+that on 256-pixel images the FPN level rule (``sqrt(wh)`` of 224 px at P4) sends ground-truth
+boxes to P2 (< 112 px), P3 (112..224 px) and P4 (>= 224 px). P5 takes boxes of 448 px and more,
+which a 256-pixel image cannot hold. Objects overlap and occlude each other (the later one drawn is
 on top); the ground-truth masks are the *visible* parts, as COCO polygons. The background is a
 noisy colour gradient with clutter (lines, dots, rings) that is not annotated.
 
@@ -46,13 +48,13 @@ logger = logging.getLogger(__name__)
 
 SHAPES_CLASSES = ("circle", "square", "triangle", "star")
 # Bump when the generator's output changes: an older cache is then rebuilt, never reused.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 3
 # split -> (number of images, base seed). Seeds differ so val never repeats a train image.
 SPLITS: Dict[str, Tuple[int, int]] = {"train": (1000, 1), "val": (200, 2)}
 IMAGE_SIZE = 256
 MIN_OBJECT_SIZE, MAX_OBJECT_SIZE = 12.0, 240.0
 # Fraction of images whose first (bottom-most) object is about as large as the image.
-LARGE_OBJECT_PROB = 0.2
+LARGE_OBJECT_PROB = 0.15
 # An object stays annotated only while at least this fraction of it is visible.
 MIN_VISIBLE_FRACTION = 0.4
 ENV_VAR = "ROI_PLUGIN_DATASETS"
@@ -185,25 +187,27 @@ def generate_shapes_image(seed_seq, height: int = IMAGE_SIZE, width: int = IMAGE
     h, w = height, width
     canvas = _background(rng, h, w)
     n_objects = int(rng.integers(2, 8))
-    large_first = rng.uniform() < LARGE_OBJECT_PROB
+    # Larger objects first: small ones then sit on top of big ones (occluding, never hidden).
+    sizes = sorted(np.exp(rng.uniform(math.log(MIN_OBJECT_SIZE), math.log(MAX_OBJECT_SIZE), n_objects)),
+                   reverse=True)
+    if rng.uniform() < LARGE_OBJECT_PROB:
+        # One object larger than the image, cut by its border: with the FPN level rule
+        # (sqrt(wh) = 224 px at P4) only boxes of about the whole image reach P5.
+        sizes[0] = rng.uniform(1.3, 1.8) * MAX_OBJECT_SIZE
     # Placed objects: class id, full mask, colour; visible masks are recomputed as we go.
     classes: List[int] = []
     full_masks: List[np.ndarray] = []
     colors: List[np.ndarray] = []
     visible: List[np.ndarray] = []
     polys: List[Optional[List[List[float]]]] = []
-    for _ in range(n_objects):
+    for size in sizes:
         for _attempt in range(20):
             cls = int(rng.integers(0, len(SHAPES_CLASSES)))
-            if not classes and large_first:
-                # Some images start with one object about as large as the image: with the FPN
-                # level rule (canonical 224 px at P4) only those reach P5.
-                size = rng.uniform(MAX_OBJECT_SIZE, 1.35 * MAX_OBJECT_SIZE)
-            else:
-                size = math.exp(rng.uniform(math.log(MIN_OBJECT_SIZE), math.log(MAX_OBJECT_SIZE)))
             # Centres may sit near the border, so objects are sometimes cut by it (truncation).
-            cx = rng.uniform(size * 0.3, w - size * 0.3)
-            cy = rng.uniform(size * 0.3, h - size * 0.3)
+            margin = min(size * 0.3, w * 0.45)
+            cx = rng.uniform(margin, w - margin)
+            margin = min(size * 0.3, h * 0.45)
+            cy = rng.uniform(margin, h - margin)
             poly = _shape_polygon(rng, SHAPES_CLASSES[cls], cx, cy, size)
             mask = _rasterize(poly, h, w)
             if mask.sum() < 0.6 * MIN_OBJECT_SIZE**2 * 0.4:
@@ -247,8 +251,11 @@ def generate_shapes_image(seed_seq, height: int = IMAGE_SIZE, width: int = IMAGE
 
     annos = []
     for cls, v, p in zip(classes, visible, polys):
-        ys, xs = np.nonzero(v)
-        x0, y0, x1, y1 = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
+        # The box of the polygons (not of the pixel mask): specks of one or two pixels that
+        # occlusion can leave are not in the polygons, so they must not stretch the box.
+        pts = np.concatenate([np.asarray(q).reshape(-1, 2) for q in p])
+        x0, y0 = np.maximum(pts.min(axis=0), 0.0)
+        x1, y1 = np.minimum(pts.max(axis=0), (w, h))
         annos.append(
             {
                 "category_id": cls,
