@@ -102,31 +102,37 @@ def _axis_samples(
     # bounded by the map size, not the box size.
     spacing = (bin_size / g).flatten()
     spacing = spacing[spacing > 0]
-    window = gmax
+    window, margin, work = gmax, 1, start.dtype
     if spacing.numel():
-        # slack for float32 rounding of far-away coordinates when locating the window
-        far = float((start.abs() + length.abs()).max()) * 2.0 ** -22 / float(spacing.min())
-        margin = 2 + math.ceil(far)
-        bound = math.floor((size + 1) / float(spacing.min())) + 2 + 2 * margin
+        # A progression of step `spacing` has at most floor((size + 1) / spacing) + 1 points
+        # in [-1, size]; the window starts `margin` samples early (rounding of `first`).
+        bound = math.floor((size + 1) / float(spacing.min())) + 1 + 2 * margin
         window = min(gmax, bound)
-    k = torch.arange(window, device=start.device, dtype=start.dtype)[None, None, :]
+        # Far from the origin (boxes of ~1e6 px and more) float32 rounds a coordinate by a
+        # sizeable part of the sample spacing: torchvision's float32 kernel is noise there.
+        # Compute such ROIs in float64 so that the window needs only its small margin.
+        ulps = float((start.abs() + length.abs()).max()) * 2.0**-23 / float(spacing.min())
+        if ulps > 0.25:
+            work = torch.float64
+    start_w, bin_w, g_w, p_w = (t.to(work) for t in (start, bin_size, g, p))
+    k = torch.arange(window, device=start.device, dtype=work)[None, None, :]
     if window < gmax:
         first = (-1.0 - start.double()[:, None, None] - p.double() * bin_size.double()) / (
             bin_size.double() / g.double()
         )
-        first = (torch.floor(first - 0.5) - margin).clamp(min=0).to(start.dtype)
-        k = k + first
+        k = k + (torch.floor(first - 0.5) - margin).clamp(min=0).to(work)
     i = k + 0.5
     # Same association as the kernel: start + p*bin + (i+0.5)*bin/grid.
-    coord = start[:, None, None] + p * bin_size + i * bin_size / g
-    valid = (coord >= -1.0) & (coord <= size) & (i < g)
+    coord = start_w[:, None, None] + p_w * bin_w + i * bin_w / g_w
+    valid = (coord >= -1.0) & (coord <= size) & (i < g_w)
     c = coord.clamp(min=0)
     low = c.floor().to(torch.int64)
     at_edge = low >= size - 1
     low = torch.where(at_edge, torch.full_like(low, size - 1), low).clamp(min=0)
     high = torch.where(at_edge, low, low + 1).clamp(max=max(size - 1, 0))
-    frac = torch.where(at_edge, torch.zeros_like(c), c - low.to(c.dtype))
-    scale = valid.to(c.dtype) / g
+    frac = torch.where(at_edge, torch.zeros_like(c), c - low.to(c.dtype)).to(start.dtype)
+    coord = coord.to(start.dtype)
+    scale = valid.to(start.dtype) / g
     return coord, low, high, (1.0 - frac) * scale, frac * scale
 
 
@@ -192,10 +198,10 @@ class _GatherPlan(NamedTuple):
 
     levels: List[Tuple[int, int, int, int, int]]  # (level, first row, B, H, W) of each level
     num_rows: int  # rows of the stacked table: sum of B*H*W over ``levels``
-    index: torch.Tensor  # (T,) table rows of all taps
+    index: torch.Tensor  # (T,) int32 table rows of all taps
     weight: torch.Tensor  # (T,) bilinear weight x validity x 1/(gh*gw)
-    offsets: torch.Tensor  # (N*Ph*Pw,) start of each bag in index
-    bag_sizes: torch.Tensor  # (N*Ph*Pw,)
+    offsets: torch.Tensor  # (N*Ph*Pw,) int32 start of each bag in index
+    bag_sizes: torch.Tensor  # (N*Ph*Pw,) int64
 
 
 class _GatherROIAlign(torch.autograd.Function):
@@ -245,11 +251,12 @@ class _GatherROIAlign(torch.autograd.Function):
         device = grad_out.device
         # Transposed lists: taps sorted by table row, row r's bag is [start[r], start[r+1]),
         # each tap pointing at its output bin (= row of the channels-last gradient below).
-        bag = torch.repeat_interleave(torch.arange(plan.bag_sizes.numel(), device=device), plan.bag_sizes)
+        itype = plan.index.dtype
+        bag = torch.repeat_interleave(torch.arange(plan.bag_sizes.numel(), dtype=itype, device=device), plan.bag_sizes)
         order = torch.argsort(plan.index, stable=True)
         src_bag, weight = bag[order], plan.weight[order]
         del bag, order
-        start = torch.zeros(plan.num_rows + 1, dtype=torch.int64, device=device)
+        start = torch.zeros(plan.num_rows + 1, dtype=itype, device=device)
         torch.cumsum(torch.bincount(plan.index, minlength=plan.num_rows), 0, out=start[1:])
         blocks = []  # (level, image, first row, rows)
         for level, row0, b, h, w in plan.levels:
@@ -446,8 +453,10 @@ class ROIAlignPooler(nn.Module):
         if len(x) == 1:
             level_of = torch.zeros(len(all_boxes), dtype=torch.int64, device=device)
         else:
+            # Routed in float32 whatever the maps' dtype: Detectron2's Boxes are float32, so
+            # its rule always sees float32 coordinates (and a box on a boundary must agree).
             level_of = assign_boxes_to_levels(
-                all_boxes, self.min_level, self.max_level, self.canonical_box_size, self.canonical_level
+                all_boxes.float(), self.min_level, self.max_level, self.canonical_box_size, self.canonical_level
             )
         offset = 0.5 if self.aligned else 0.0
         ph, pw = self.output_size
@@ -531,11 +540,14 @@ class ROIAlignPooler(nn.Module):
         offsets = torch.cumsum(bag_sizes, 0) - bag_sizes
         shift = offsets[dest] - (torch.cumsum(plan_sizes, 0) - plan_sizes)
         position = torch.arange(plan_index.numel(), device=device) + torch.repeat_interleave(shift, plan_sizes)
-        index_t = torch.empty_like(plan_index)
-        index_t[position] = plan_index
+        # int32 rows and offsets (embedding_bag takes them): half the memory of the taps.
+        itype = torch.int32 if max(row0, plan_index.numel()) < 2**31 else torch.int64
+        index_t = torch.empty(plan_index.shape, dtype=itype, device=device)
+        index_t[position] = plan_index.to(itype)
         weight_t = torch.empty_like(plan_weight)
         weight_t[position] = plan_weight
-        gplan = _GatherPlan(levels, row0, index_t, weight_t, offsets, bag_sizes)
+        del plan_index, plan_weight, position, index, weight
+        gplan = _GatherPlan(levels, row0, index_t, weight_t, offsets.to(itype), bag_sizes)
         return _GatherROIAlign.apply(gplan, num_rois, self.output_size, compute_dtype, *x)
 
     def _grid_sample(self, x, plans, num_rois, compute_dtype):
@@ -630,8 +642,8 @@ class ROIAlignPooler(nn.Module):
         if len(x) == 1:
             level_of = torch.zeros_like(image)
         else:
-            level_of = assign_boxes_to_levels(
-                boxes, self.min_level, self.max_level, self.canonical_box_size, self.canonical_level
+            level_of = assign_boxes_to_levels(  # float32, as in _geometry
+                boxes.float(), self.min_level, self.max_level, self.canonical_box_size, self.canonical_level
             )
         offset = 0.5 if self.aligned else 0.0
         gmax = self.sampling_ratio if self.sampling_ratio > 0 else int(max_grid)
