@@ -174,6 +174,7 @@ def make_step(impl: str, case: Case, mode: str, quick: bool, device: str) -> Cal
         if mode == "fwd+bwd":
             out.backward(torch.ones_like(out))
 
+    step.feats = feats
     return step
 
 
@@ -217,6 +218,8 @@ def measure_memory_here(impl: str, case_name: str, mode: str, quick: bool, devic
     step = make_step(impl, case, mode, quick, device)
     step()
     step()
+    for f in step.feats:  # the state a training step starts from: no gradients held
+        f.grad = None
     gc.collect()
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -322,6 +325,7 @@ def model_bench(quick: bool, device: str, reps: int):
         return step
 
     train = interleaved({"builtin": train_step(builtin), "plugin": train_step(plugin)}, reps, 1, device)
+    print("[model] inference", file=sys.stderr, flush=True)
     infer = interleaved({"builtin": infer_step(builtin), "plugin": infer_step(plugin)}, reps, 1, device)
     return {"train (2 images, fwd+bwd)": train, "inference (1 image)": infer}
 
@@ -391,11 +395,12 @@ def run(args) -> str:
         for mode in case.modes:
             print(f"[pooler] {case.name} {mode}", file=sys.stderr, flush=True)
             steps = {impl: make_step(impl, case, mode, quick, device) for impl in case.impls}
-            times = interleaved(steps, reps, 2, device)
+            times = interleaved(steps, reps, 1 if quick else 2, device)
             del steps
             gc.collect()
             mem = {}
-            if not args.no_memory:
+            # --quick measures memory for the headline case only (each one is a process start).
+            if not args.no_memory and (not quick or (case.name, mode) == ("train_r0", "fwd+bwd")):
                 for impl in case.impls:
                     mem[impl] = measure_memory(impl, case, mode, quick, device, args.threads)
             for impl in case.impls:
