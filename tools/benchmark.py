@@ -304,6 +304,8 @@ def model_inputs(quick: bool, device: str, batch: int):
 
 
 def model_bench(quick: bool, device: str, reps: int):
+    from detectron2.utils.events import EventStorage
+
     plugin, builtin = build_models(quick, device)
     train_in = model_inputs(quick, device, 2)
     infer_in = [{k: v for k, v in d.items() if k != "instances"} for d in model_inputs(quick, device, 1)]
@@ -313,7 +315,8 @@ def model_bench(quick: bool, device: str, reps: int):
             model.train()
             model.zero_grad(set_to_none=True)
             torch.manual_seed(3)  # same proposal sampling in both models
-            losses = model(train_in)
+            with EventStorage(0):  # training-mode heads log statistics there
+                losses = model(train_in)
             sum(losses.values()).backward()
         return step
 
