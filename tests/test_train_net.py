@@ -144,7 +144,7 @@ def test_resume_continues_from_last_checkpoint(tmp_path):
     _assert_same_state(hook.snapshot["scheduler"], resumed.scheduler.state_dict())
     assert any(len(s) for s in resumed.optimizer.state_dict()["state"].values())  # momentum kept
     resumed.train()
-    assert resumed.iter == 7 and (tmp_path / "model_final.pth").is_file()
+    assert resumed.iter == cfg.SOLVER.MAX_ITER and (tmp_path / "model_final.pth").is_file()
     # The LR schedule continued where it was: after step 4 the LR is BASE_LR * GAMMA.
     assert resumed.optimizer.param_groups[0]["lr"] == pytest.approx(cfg.SOLVER.BASE_LR * cfg.SOLVER.GAMMA)
     iters = [json.loads(line)["iteration"] for line in open(tmp_path / "metrics.json")]

@@ -38,6 +38,7 @@ from detectron2.engine.train_loop import TrainerBase
 from detectron2.evaluation import COCOEvaluator, verify_results
 from detectron2.modeling import ROI_HEADS_REGISTRY
 from detectron2.modeling.roi_heads import ROI_BOX_HEAD_REGISTRY, ROI_MASK_HEAD_REGISTRY
+from detectron2.utils.logger import setup_logger
 
 import roi_plugin
 import roi_plugin.data  # noqa: F401  registers shapes_train / shapes_val
@@ -142,6 +143,8 @@ def build_cfg(args):
 def setup(args):
     cfg = build_cfg(args)
     default_setup(cfg, args)
+    # roi_plugin's own messages (e.g. "Generating the shapes 'train' split") in the same log.
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="roi_plugin", abbrev_name="roi")
     return cfg
 
 
