@@ -296,6 +296,46 @@ def _copy_to_rows(rows: torch.Tensor, chw: torch.Tensor) -> None:
         rows.view(h, w, c).copy_(chw.permute(1, 2, 0))
 
 
+def _grid_sample_units(
+    feat: torch.Tensor, b: torch.Tensor, gy: torch.Tensor, gx: torch.Tensor, vy: torch.Tensor, vx: torch.Tensor
+) -> torch.Tensor:
+    """Average-pool n sampling units (ROIs, or single bins of ROIs) with one ``grid_sample`` call.
+
+    Args:
+        feat: (B, C, H, W) level. b: (n,) image of each unit.
+        gy, gx: (n, uh, gh), (n, uw, gw) normalised sample coordinates of uh x uw bins.
+        vy, vx: same shapes, per-sample weights (validity x 1/grid) along each axis.
+    Returns:
+        (n, C, uh, uw): for each bin the weighted sum of its gh x gw samples.
+    """
+    bsz, channels = feat.shape[:2]
+    n, uh, g_h = gy.shape
+    uw, g_w = gx.shape[1:]
+    # The position of each unit among its image's units: grids are padded per image to the
+    # longest list so that all images go through one grid_sample call.
+    counts = torch.bincount(b, minlength=bsz)
+    first = torch.cumsum(counts, 0) - counts
+    by_image = torch.argsort(b, stable=True)
+    slot = torch.empty_like(b)
+    slot[by_image] = torch.arange(n, device=b.device) - first[b[by_image]]
+    nmax = int(counts.max())
+    grid = torch.stack(
+        torch.broadcast_tensors(gx[:, None, None, :, :], gy[:, :, :, None, None]), -1
+    )  # (n, uh, gh, uw, gw, 2) as (x, y)
+    padded = grid.new_zeros((bsz, nmax, uh * g_h, uw * g_w, 2))
+    padded[b, slot] = grid.reshape(n, uh * g_h, uw * g_w, 2)
+    samples = F.grid_sample(
+        feat, padded.view(bsz, nmax * uh * g_h, uw * g_w, 2),
+        mode="bilinear", padding_mode="border", align_corners=False,
+    )  # (B, C, nmax*uh*gh, uw*gw)
+    weight = padded.new_zeros((bsz, nmax, uh * g_h, uw * g_w))
+    weight[b, slot] = vy.reshape(n, uh * g_h)[:, :, None] * vx.reshape(n, uw * g_w)[:, None, :]
+    pooled = (samples * weight.view(bsz, 1, nmax * uh * g_h, uw * g_w)).view(
+        bsz, channels, nmax, uh, g_h, uw, g_w
+    ).sum((4, 6))
+    return pooled[b, :, slot]
+
+
 class ROIAlignPooler(nn.Module):
     """Multi-level ROIAlign over an FPN, with the constructor and call of Detectron2's ``ROIPooler``.
 
@@ -518,13 +558,26 @@ class ROIAlignPooler(nn.Module):
                 xw = torch.stack([wxlo, wxhi], -1)
                 # (n, ph, pw, gh, 2, gw, 2): a bag of up to 4*gh*gw taps per bin; taps of
                 # weight 0 (padding, outside the map, exact pixel hits) are dropped.
-                row = (row0 + b * (h * w))[:, None, None, None, None] + yi[:, :, None, :, :] * w
-                idx = (row[..., None, None] + xi[:, None, :, None, None, :, :]).reshape(n * nbins, -1)
-                wt = (yw[:, :, None, :, :, None, None] * xw[:, None, :, None, None, :, :]).reshape(n * nbins, -1)
-                keep = wt != 0
+                live = (yw.sum((2, 3)) > 0)[:, :, None] & (xw.sum((2, 3)) > 0)[:, None, :]  # (n, ph, pw)
+                if int(live.sum()) * 2 < live.numel():
+                    # Mostly empty bins (ROIs far larger than the map: one or two bins per axis
+                    # overlap it): build taps for the live bins only.
+                    r_, py, px = live.nonzero(as_tuple=True)
+                    row = (row0 + b[r_] * (h * w))[:, None, None] + yi[r_, py] * w  # (m, gh, 2)
+                    idx = (row[:, :, :, None, None] + xi[r_, px][:, None, None]).reshape(len(r_), -1)
+                    wt = (yw[r_, py][:, :, :, None, None] * xw[r_, px][:, None, None]).reshape(len(r_), -1)
+                    keep = wt != 0
+                    bag = torch.zeros(n * nbins, dtype=torch.int64, device=device)
+                    bag[(r_ * ph + py) * pw + px] = keep.sum(1)
+                else:
+                    row = (row0 + b * (h * w))[:, None, None, None, None] + yi[:, :, None, :, :] * w
+                    idx = (row[..., None, None] + xi[:, None, :, None, None, :, :]).reshape(n * nbins, -1)
+                    wt = (yw[:, :, None, :, :, None, None] * xw[:, None, :, None, None, :, :]).reshape(n * nbins, -1)
+                    keep = wt != 0
+                    bag = keep.sum(1)
                 index.append(idx[keep])
                 weight.append(wt[keep])
-                sizes.append(keep.sum(1))
+                sizes.append(bag)
             row0 += bsz * h * w
         plan_sizes = torch.cat(sizes)  # bags in plan order: level, then grid group
         if index:
@@ -567,40 +620,26 @@ class ROIAlignPooler(nn.Module):
                     continue
                 ycoord, _, _, wylo, wyhi = ys
                 xcoord, _, _, wxlo, wxhi = xs
-                # The position of each ROI among its image's ROIs: grids are padded per image
-                # to the longest list so all images go through one grid_sample call.
-                counts = torch.bincount(b, minlength=bsz)
-                first = torch.cumsum(counts, 0) - counts
-                by_image = torch.argsort(b, stable=True)
-                slot = torch.empty_like(b)
-                slot[by_image] = torch.arange(n, device=b.device) - first[b[by_image]]
-                nmax = int(counts.max())
                 # Normalised coordinates for align_corners=False: pixel centre i <-> (2i+1)/size - 1.
                 # Clamping to the map first makes "border" padding equal the kernel's clamp.
                 gy = (2 * ycoord.clamp(0, h - 1) + 1) / h - 1  # (n, ph, gh)
                 gx = (2 * xcoord.clamp(0, w - 1) + 1) / w - 1  # (n, pw, gw)
-                grid = torch.stack(
-                    torch.broadcast_tensors(gx[:, None, None, :, :], gy[:, :, :, None, None]), -1
-                )  # (n, ph, gh, pw, gw, 2) as (x, y)
-                padded = grid.new_zeros((bsz, nmax, ph * g_h, pw * g_w, 2))
-                padded[b, slot] = grid.reshape(n, ph * g_h, pw * g_w, 2)
-                samples = F.grid_sample(
-                    feat,
-                    padded.view(bsz, nmax * ph * g_h, pw * g_w, 2),
-                    mode="bilinear",
-                    padding_mode="border",
-                    align_corners=False,
-                )  # (B, C, nmax*ph*gh, pw*gw)
                 # Per-sample weight: validity (within one pixel of the map, within the
                 # ROI's own grid) times the 1/(gh*gw) of the mean.
-                vy = (wylo + wyhi).reshape(n, ph * g_h)
-                vx = (wxlo + wxhi).reshape(n, pw * g_w)
-                weight = padded.new_zeros((bsz, nmax, ph * g_h, pw * g_w))
-                weight[b, slot] = vy[:, :, None] * vx[:, None, :]
-                pooled = (samples * weight.view(bsz, 1, nmax * ph * g_h, pw * g_w)).view(
-                    bsz, channels, nmax, ph, g_h, pw, g_w
-                ).sum((4, 6))
-                pieces.append(pooled[b, :, slot])
+                vy, vx = wylo + wyhi, wxlo + wxhi  # (n, ph, gh), (n, pw, gw)
+                live = (vy.sum(2) > 0)[:, :, None] & (vx.sum(2) > 0)[:, None, :]  # (n, ph, pw)
+                if int(live.sum()) * 2 < live.numel():
+                    # Mostly empty bins (ROIs far larger than the map): sample each live bin
+                    # as a 1x1-bin unit and scatter the results into zeros.
+                    r_, py, px = live.nonzero(as_tuple=True)
+                    vals = _grid_sample_units(
+                        feat, b[r_], gy[r_, py][:, None], gx[r_, px][:, None],
+                        vy[r_, py][:, None], vx[r_, px][:, None],
+                    )[:, :, 0, 0]  # (m, C)
+                    flat = vals.new_zeros((n * ph * pw, channels)).index_copy(0, (r_ * ph + py) * pw + px, vals)
+                    pieces.append(flat.view(n, ph, pw, channels).permute(0, 3, 1, 2))
+                else:
+                    pieces.append(_grid_sample_units(feat, b, gy, gx, vy, vx))
         # One gather back to input order (in-place writes would clone the gradient per group).
         inverse = torch.empty(num_rois, dtype=torch.int64, device=x[0].device)
         cat_order = torch.cat(order)
