@@ -160,6 +160,7 @@ def _summary(cfg, results, wall_s):
         lines.append(tabulate(rows, headers=["task"] + keys, tablefmt="github"))
         classes = [k[3:] for k in res[tasks[0]] if k.startswith("AP-")]
         rows = [[c] + [f"{res[t]['AP-' + c]:.1f}" for t in tasks] for c in classes]
+        lines.append("")
         lines.append(tabulate(rows, headers=["class"] + [f"{t} AP" for t in tasks], tablefmt="github"))
     final = os.path.join(out, "model_final.pth")
     lines.append("")
@@ -167,7 +168,7 @@ def _summary(cfg, results, wall_s):
         lines.append(f"checkpoint: {final}")
     lines.append(f"metrics:    {os.path.join(out, 'metrics.json')} (training), "
                  f"{os.path.join(out, 'final_metrics.json')} (AP)")
-    lines.append(f"wall time:  {wall_s / 60:.1f} min")
+    lines.append(f"wall time:  {wall_s / 60:.1f} min (model building, training and evaluation)")
     return "\n".join(lines)
 
 
