@@ -564,8 +564,9 @@ class ROIAlignPooler(nn.Module):
                     # overlap it): build taps for the live bins only.
                     r_, py, px = live.nonzero(as_tuple=True)
                     row = (row0 + b[r_] * (h * w))[:, None, None] + yi[r_, py] * w  # (m, gh, 2)
-                    idx = (row[:, :, :, None, None] + xi[r_, px][:, None, None]).reshape(len(r_), -1)
-                    wt = (yw[r_, py][:, :, :, None, None] * xw[r_, px][:, None, None]).reshape(len(r_), -1)
+                    taps = 4 * yi.shape[2] * xi.shape[2]
+                    idx = (row[:, :, :, None, None] + xi[r_, px][:, None, None]).reshape(len(r_), taps)
+                    wt = (yw[r_, py][:, :, :, None, None] * xw[r_, px][:, None, None]).reshape(len(r_), taps)
                     keep = wt != 0
                     bag = torch.zeros(n * nbins, dtype=torch.int64, device=device)
                     bag[(r_ * ph + py) * pw + px] = keep.sum(1)
