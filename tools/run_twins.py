@@ -43,7 +43,7 @@ def _collect(out_dir):
     final = json.loads((out_dir / "final_metrics.json").read_text())
     rows = [json.loads(line) for line in (out_dir / "metrics.json").read_text().splitlines() if line.strip()]
     times = [r["time"] for r in rows if "time" in r]
-    last_iter = max(r["iteration"] for r in rows if "iteration" in r)
+    last_iter = max(r["iteration"] for r in rows if "total_loss" in r)  # not the eval row
     return {
         "bbox": {k: final["results"]["bbox"][k] for k in KEYS},
         "segm": {k: final["results"]["segm"][k] for k in KEYS},
@@ -62,7 +62,7 @@ def _write(results, opts):
     lines = [
         "# Shapes twins: plugin ROI heads vs Detectron2's built-in ROI heads",
         "",
-        f"Written by `python tools/run_twins.py {' '.join(opts)}`".rstrip() + f" on {results['date']}",
+        f"Written by `{' '.join(['python tools/run_twins.py', *opts])}` on {results['date']}",
         f"({results['machine']}). Same config, seed (SEED 42) and schedule; only the ROI heads differ.",
         "COCO AP on `shapes_val` (200 images), from each run's `final_metrics.json`; s/iter is the",
         "median of the `time` entries of its `metrics.json`; wall time is the whole run (train + eval).",
