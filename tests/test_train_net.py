@@ -171,8 +171,7 @@ def test_missing_config_file_exits_with_one_line():
     )
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr
-    lines = [ln for ln in proc.stderr.splitlines() if "error" in ln.lower()]
-    assert lines == ["train_net.py: error: config file not found: configs/shapes/nope.yaml"]
+    assert proc.stderr.strip().splitlines() == ["train_net.py: error: config file not found: configs/shapes/nope.yaml"]
 
 
 @pytest.mark.parametrize(

@@ -18,8 +18,14 @@ import tempfile
 import time
 import weakref
 
-import torch
-from tabulate import tabulate
+import warnings
+
+# Detectron2 0.7 still calls torch.jit.script at import; on recent torch that prints two
+# FutureWarnings before anything else, which would bury one-line error messages.
+warnings.filterwarnings("ignore", message=".*torch.jit.script.* is deprecated", category=FutureWarning)
+
+import torch  # noqa: E402
+from tabulate import tabulate  # noqa: E402
 
 import detectron2.utils.comm as comm
 from detectron2.checkpoint import DetectionCheckpointer
