@@ -23,6 +23,7 @@ Usage::
 
     python tools/benchmark.py              # full run (~15-25 min on 2 CPU cores), writes BENCHMARKS.md
     python tools/benchmark.py --quick      # smaller sizes, under a minute, prints the tables only
+    python tools/benchmark.py --profile gather:train_r2:fwd+bwd   # the profile behind the notes
 """
 import argparse
 import gc
@@ -370,7 +371,7 @@ NOTES = """## What the time goes to (torch.profiler, CPU, 2 threads)
 
 Profiled with `torch.profiler.profile()` around one forward+backward of the training case
 (2 x 512 ROIs), `key_averages()` sorted by self CPU time, on an otherwise idle moment of the
-machine.
+machine: `python tools/benchmark.py --profile gather:train_r2:fwd+bwd` (any `IMPL:CASE:MODE`).
 
 - **Before** (first gather version: one `embedding_bag` per level on a full channels-last copy of the
   level, gradient handed back channels-last): at ratio 2, `aten::copy_` 54 % of the time, most of it
@@ -505,9 +506,21 @@ def main():
                         "--quick writes none unless given)")
     parser.add_argument("--gpu-note", default="No GPU was available to this run, so there is no GPU section; "
                         "rerun with `--device cuda` on a machine with one.")
+    parser.add_argument("--profile", metavar="IMPL:CASE:MODE", default=None,
+                        help="print the torch.profiler table (self CPU time) of one step, e.g. "
+                        "gather:train_r2:fwd+bwd, and exit; the source of the profile notes")
     parser.add_argument("--_memory", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.profile:
+        impl, case_name, mode = args.profile.split(":")
+        case = next(c for c in pooler_cases(args.quick) if c.name == case_name)
+        step = make_step(impl, case, mode, args.quick, args.device)
+        step()  # warm-up
+        with torch.profiler.profile() as prof:
+            step()
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20))
+        return
     if args._memory:
         impl, case_name, mode = args._memory.split(":")
         print(measure_memory_here(impl, case_name, mode, args.quick, args.device))
