@@ -55,20 +55,20 @@ class PluginROIHeads(StandardROIHeads):
 
     @classmethod
     def _init_mask_head(cls, cfg, input_shape):
-        ret = super()._init_mask_head(cfg, input_shape)
-        if ret.get("mask_pooler") is not None:
-            ret["mask_pooler"] = build_plugin_pooler(
-                cfg, cfg.MODEL.ROI_MASK_HEAD, input_shape, cls._sampler(cfg)
-            )
-        return ret
+        return cls._swap_pooler(super()._init_mask_head(cfg, input_shape), "mask_pooler",
+                                cfg, cfg.MODEL.ROI_MASK_HEAD, input_shape)
 
     @classmethod
     def _init_keypoint_head(cls, cfg, input_shape):
-        ret = super()._init_keypoint_head(cfg, input_shape)
-        if ret.get("keypoint_pooler") is not None:
-            ret["keypoint_pooler"] = build_plugin_pooler(
-                cfg, cfg.MODEL.ROI_KEYPOINT_HEAD, input_shape, cls._sampler(cfg)
-            )
+        return cls._swap_pooler(super()._init_keypoint_head(cfg, input_shape), "keypoint_pooler",
+                                cfg, cfg.MODEL.ROI_KEYPOINT_HEAD, input_shape)
+
+    @classmethod
+    def _swap_pooler(cls, ret, key, cfg, head_cfg, input_shape):
+        """Replace the ``ROIPooler`` Detectron2 built under ``ret[key]`` (None when the head
+        pools nothing, i.e. POOLER_TYPE is empty, or the branch is off) by ours."""
+        if ret.get(key) is not None:
+            ret[key] = build_plugin_pooler(cfg, head_cfg, input_shape, cls._sampler(cfg))
         return ret
 
 
