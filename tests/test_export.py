@@ -13,13 +13,13 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from detectron2.modeling.poolers import ROIPooler
 from detectron2.structures import Boxes
 
-from roi_plugin import ROIAlignPooler, add_roi_plugin_config
+from roi_plugin import ROIAlignPooler
 from roi_plugin.export import ExportableBoxBranch, ExportablePooler, boxes_to_rois, export_onnx
+from tiny_model import tiny_cfg
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCALES = (1 / 4, 1 / 8, 1 / 16, 1 / 32)
@@ -153,36 +153,11 @@ def test_pooler_torch_export_dynamic_shapes():
     )
 
 
-def tiny_cfg():
-    cfg = get_cfg()
-    add_roi_plugin_config(cfg)
-    cfg.merge_from_file(os.path.join(REPO, "configs", "mask_rcnn_R_50_FPN_1x_plugin.yaml"))
-    cfg.merge_from_list(
-        [
-            "MODEL.DEVICE",
-            "cpu",
-            "MODEL.WEIGHTS",
-            "",
-            "MODEL.MASK_ON",
-            "False",
-            "MODEL.RESNETS.DEPTH",
-            "18",
-            "MODEL.RESNETS.RES2_OUT_CHANNELS",
-            "64",
-            "MODEL.FPN.OUT_CHANNELS",
-            "16",
-            "MODEL.ROI_BOX_HEAD.FC_DIM",
-            "32",
-            "MODEL.ROI_HEADS.NUM_CLASSES",
-            "3",
-        ]
-    )
-    return cfg
 
 
 def test_box_branch_onnx_matches_eager(tmp_path):
     """Pooler + TwoMLPHead + FastRCNNPredictor of PluginROIHeads (sampling ratio 2: exact)."""
-    cfg = tiny_cfg()
+    cfg = tiny_cfg("gather", "MODEL.MASK_ON", "False")
     cfg.MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO = 2
     torch.manual_seed(0)
     heads = build_model(cfg).roi_heads.eval()
@@ -213,7 +188,7 @@ def test_export_tool(tmp_path):
     """tools/export_onnx.py on a config + checkpoint, with its onnxruntime check."""
     from detectron2.checkpoint import DetectionCheckpointer
 
-    cfg = tiny_cfg()
+    cfg = tiny_cfg("gather", "MODEL.MASK_ON", "False")
     cfg.MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO = 2
     torch.manual_seed(1)
     model = build_model(cfg)

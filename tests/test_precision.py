@@ -6,22 +6,20 @@ result back once), i.e. ``|out - ref| <= atol + rtol * |ref|`` with (atol, rtol)
 (1e-3, 1e-3) for float16 and (1e-2, 8e-3) for bfloat16 against float32 on the same values.
 """
 
-import os
 
 import pytest
 import torch
 from torch.autograd import gradcheck, gradgradcheck
 
-from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.events import EventStorage
 from torchvision.ops import roi_align
 
-from roi_plugin import SAMPLERS, ROIAlignPooler, add_roi_plugin_config
+from roi_plugin import SAMPLERS, ROIAlignPooler
 from roi_plugin.export import boxes_to_rois
+from tiny_model import tiny_cfg
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCALES = (1 / 4, 1 / 8, 1 / 16, 1 / 32)
 HALF_TOL = {torch.float16: (1e-3, 1e-3), torch.bfloat16: (1e-2, 8e-3)}
 
@@ -109,41 +107,6 @@ def test_cpu_autocast(sampler):
 
 
 # --------------------------------------------------------------------- model-level runs
-def tiny_cfg(sampler):
-    cfg = get_cfg()
-    add_roi_plugin_config(cfg)
-    cfg.merge_from_file(os.path.join(REPO, "configs", "mask_rcnn_R_50_FPN_1x_plugin.yaml"))
-    cfg.merge_from_list(
-        [
-            "MODEL.DEVICE",
-            "cpu",
-            "MODEL.WEIGHTS",
-            "",
-            "MODEL.RESNETS.DEPTH",
-            "18",
-            "MODEL.RESNETS.RES2_OUT_CHANNELS",
-            "64",
-            "MODEL.RESNETS.NORM",
-            "GN",
-            "MODEL.FPN.OUT_CHANNELS",
-            "16",
-            "MODEL.ROI_BOX_HEAD.FC_DIM",
-            "32",
-            "MODEL.ROI_MASK_HEAD.CONV_DIM",
-            "8",
-            "MODEL.ROI_HEADS.NUM_CLASSES",
-            "3",
-            "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE",
-            "32",
-            "MODEL.RPN.PRE_NMS_TOPK_TRAIN",
-            "200",
-            "MODEL.RPN.POST_NMS_TOPK_TRAIN",
-            "50",
-            "MODEL.ROI_PLUGIN.SAMPLER",
-            sampler,
-        ]
-    )
-    return cfg
 
 
 def make_batch(seed):
@@ -171,7 +134,7 @@ def make_batch(seed):
 
 def train_losses(sampler, iterations, autocast=False, seed=0):
     torch.manual_seed(seed)
-    model = build_model(tiny_cfg(sampler)).train()
+    model = build_model(tiny_cfg(sampler, "MODEL.RESNETS.NORM", "GN")).train()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     history = []
     with EventStorage():

@@ -4,13 +4,11 @@ References: Detectron2's ``ROIPooler`` (torchvision's ``roi_align`` kernel per l
 Detectron2's ``assign_boxes_to_levels``; the heads' training/inference is Detectron2's.
 """
 
-import os
 
 import pytest
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from detectron2.modeling.poolers import ROIPooler
 from detectron2.modeling.poolers import assign_boxes_to_levels as d2_assign_boxes_to_levels
@@ -18,9 +16,9 @@ from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.events import EventStorage
 from torchvision.ops import roi_align
 
-from roi_plugin import SAMPLERS, ROIAlignPooler, add_roi_plugin_config, assign_boxes_to_levels
+from roi_plugin import SAMPLERS, ROIAlignPooler, assign_boxes_to_levels
+from tiny_model import tiny_cfg
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCALES = (1 / 4, 1 / 8, 1 / 16, 1 / 32)
 TOL = 1e-4
 
@@ -287,43 +285,6 @@ def test_huge_boxes(sampler, pooler_type):
 
 
 # --------------------------------------------------------------------- the heads
-def tiny_cfg(sampler="gather"):
-    cfg = get_cfg()
-    add_roi_plugin_config(cfg)
-    cfg.merge_from_file(os.path.join(REPO, "configs", "mask_rcnn_R_50_FPN_1x_plugin.yaml"))
-    cfg.merge_from_list(
-        [
-            "MODEL.DEVICE",
-            "cpu",
-            "MODEL.WEIGHTS",
-            "",
-            "MODEL.RESNETS.DEPTH",
-            "18",
-            "MODEL.RESNETS.RES2_OUT_CHANNELS",
-            "64",
-            "MODEL.FPN.OUT_CHANNELS",
-            "16",
-            "MODEL.ROI_BOX_HEAD.FC_DIM",
-            "32",
-            "MODEL.ROI_MASK_HEAD.CONV_DIM",
-            "8",
-            "MODEL.ROI_HEADS.NUM_CLASSES",
-            "3",
-            "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE",
-            "32",
-            "MODEL.RPN.PRE_NMS_TOPK_TRAIN",
-            "200",
-            "MODEL.RPN.POST_NMS_TOPK_TRAIN",
-            "50",
-            "MODEL.RPN.PRE_NMS_TOPK_TEST",
-            "200",
-            "MODEL.RPN.POST_NMS_TOPK_TEST",
-            "50",
-            "MODEL.ROI_PLUGIN.SAMPLER",
-            sampler,
-        ]
-    )
-    return cfg
 
 
 def image_input(h, w, n_objects, seed):
