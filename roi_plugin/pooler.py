@@ -196,8 +196,12 @@ class _GatherPlan(NamedTuple):
     """Bags of bilinear taps of all ROIs, in output order (bag ``k`` is bin ``k % (Ph*Pw)``
     of ROI ``k // (Ph*Pw)``), indexing the rows of all sampled levels stacked channels-last."""
 
-    levels: List[Tuple[int, int, int, int, int]]  # (level, first row, B, H, W) of each level
-    num_rows: int  # rows of the stacked table: sum of B*H*W over ``levels``
+    levels: List[Tuple[int, int, int, int, int]]  # (level, first dense row, B, H, W) of each level
+    # The table's rows, one block per (level, image): (level, image, first table row, rows,
+    # positions in the image's H*W map or None for all of them, in order). When the taps touch
+    # at most half of the pyramid (the mask head's few ROIs), only those rows are copied.
+    blocks: List[Tuple[int, int, int, int, Optional[torch.Tensor]]]
+    num_rows: int  # rows of the table
     index: torch.Tensor  # (T,) int32 table rows of all taps
     weight: torch.Tensor  # (T,) bilinear weight x validity x 1/(gh*gw)
     offsets: torch.Tensor  # (N*Ph*Pw,) int32 start of each bag in index
@@ -229,10 +233,8 @@ class _GatherROIAlign(torch.autograd.Function):
         out = features[0].new_empty((num_rois, channels, ph, pw))
         for c0, c1 in _channel_chunks(channels):
             table = torch.empty((plan.num_rows, c1 - c0), dtype=compute_dtype, device=out.device)
-            for level, row0, b, h, w in plan.levels:
-                for i in range(b):
-                    r = row0 + i * h * w
-                    _copy_to_rows(table[r:r + h * w], features[level][i, c0:c1])
+            for level, i, r, n, local in plan.blocks:
+                _copy_to_rows(table[r:r + n], features[level][i, c0:c1], local)
             bins = F.embedding_bag(
                 plan.index, table, plan.offsets, mode="sum", per_sample_weights=plan.weight
             )
@@ -258,23 +260,55 @@ class _GatherROIAlign(torch.autograd.Function):
         del bag, order
         start = torch.zeros(plan.num_rows + 1, dtype=itype, device=device)
         torch.cumsum(torch.bincount(plan.index, minlength=plan.num_rows), 0, out=start[1:])
-        blocks = []  # (level, image, first row, rows)
-        for level, row0, b, h, w in plan.levels:
-            blocks += [(level, i, row0 + i * h * w, h * w) for i in range(b)]
-        bounds = start[[r for _, _, r, _ in blocks] + [plan.num_rows]].tolist()
+        bounds = start[[r for _, _, r, _, _ in plan.blocks] + [plan.num_rows]].tolist()
         grads: List[Optional[torch.Tensor]] = [None] * ctx.num_features
         for level, _, b, h, w in plan.levels:
-            grads[level] = torch.empty((b, channels, h, w), dtype=ctx.dtype, device=device)
+            # Rows no tap touches were not copied: their gradient is 0.
+            compact = any(blk[4] is not None for blk in plan.blocks if blk[0] == level)
+            grads[level] = (torch.zeros if compact else torch.empty)(
+                (b, channels, h, w), dtype=ctx.dtype, device=device
+            )
         for c0, c1 in _channel_chunks(channels):
             g = grad_out[:, c0:c1].permute(0, 2, 3, 1).to(ctx.compute_dtype).reshape(-1, c1 - c0)
-            for k, (level, i, r, hw) in enumerate(blocks):
+            for k, (level, i, r, n, local) in enumerate(plan.blocks):
                 lo, hi = bounds[k], bounds[k + 1]
                 rows = F.embedding_bag(
-                    src_bag[lo:hi], g, start[r:r + hw] - lo, mode="sum", per_sample_weights=weight[lo:hi]
-                )  # (H*W, c1-c0): this image's gradient rows
-                # A 2-D transpose into a contiguous block takes copy_'s blocked-transpose path.
-                grads[level][i, c0:c1].view(c1 - c0, hw).copy_(rows.t())
+                    src_bag[lo:hi], g, start[r:r + n] - lo, mode="sum", per_sample_weights=weight[lo:hi]
+                )  # (n, c1-c0): this image's gradient rows
+                dst = grads[level][i, c0:c1].flatten(1)  # (c1-c0, H*W), contiguous
+                if local is None:
+                    # A 2-D transpose into a contiguous block takes copy_'s blocked-transpose path.
+                    dst.copy_(rows.t())
+                else:
+                    dst.index_copy_(1, local, rows.t().to(dst.dtype))
         return (None, None, None, None, *grads)
+
+
+def _table_blocks(levels, index: torch.Tensor, num_rows: int):
+    """The table's row blocks for taps ``index`` (rows of the dense table of ``levels``).
+
+    When the taps touch at most half of the dense rows, the table keeps only those rows
+    (compact numbering, in dense order) and ``index`` is renumbered.
+
+    Returns:
+        (index, blocks, table rows), blocks as in :class:`_GatherPlan`.
+    """
+    dense = [(level, i, row0 + i * h * w, h * w) for level, row0, b, h, w in levels for i in range(b)]
+    if index.numel() == 0 or num_rows == 0:
+        return index, [(lv, i, r, n, None) for lv, i, r, n in dense], num_rows
+    used = torch.zeros(num_rows, dtype=torch.bool, device=index.device)
+    used[index] = True
+    rows = used.nonzero().flatten()  # sorted
+    if 2 * rows.numel() > num_rows:
+        return index, [(lv, i, r, n, None) for lv, i, r, n in dense], num_rows
+    index = (torch.cumsum(used, 0) - 1)[index]
+    first = torch.tensor([r for _, _, r, _ in dense] + [num_rows], dtype=rows.dtype, device=rows.device)
+    bounds = torch.searchsorted(rows, first).tolist()
+    blocks = [
+        (lv, i, bounds[k], bounds[k + 1] - bounds[k], rows[bounds[k]:bounds[k + 1]] - r)
+        for k, (lv, i, r, n) in enumerate(dense)
+    ]
+    return index, blocks, rows.numel()
 
 
 # Channels per embedding_bag call. The channels-last copies of the levels (forward) and of
@@ -287,10 +321,15 @@ def _channel_chunks(channels: int) -> List[Tuple[int, int]]:
     return [(c0, min(c0 + _CHANNEL_CHUNK, channels)) for c0 in range(0, channels, _CHANNEL_CHUNK)]
 
 
-def _copy_to_rows(rows: torch.Tensor, chw: torch.Tensor) -> None:
-    """``rows`` (H*W, c) <- ``chw`` (c, H, W) of one image, channels-last."""
+def _copy_to_rows(rows: torch.Tensor, chw: torch.Tensor, local: Optional[torch.Tensor] = None) -> None:
+    """``rows`` (n, c) <- ``chw`` (c, H, W) of one image, channels-last: all H*W positions
+    (``local`` None) or those at the sorted flat positions ``local`` (n,)."""
     c, h, w = chw.shape
-    if chw.is_contiguous() and chw.dtype == rows.dtype:
+    if local is not None:
+        # Gather along each channel's row (sorted positions: cache-friendly), then one
+        # blocked 2-D transpose of the (c, n) result.
+        rows.copy_(chw.reshape(c, h * w).index_select(1, local).t())
+    elif chw.is_contiguous() and chw.dtype == rows.dtype:
         rows.copy_(chw.view(c, h * w).t())  # 2-D transpose: copy_'s blocked path
     else:
         rows.view(h, w, c).copy_(chw.permute(1, 2, 0))
@@ -586,6 +625,7 @@ class ROIAlignPooler(nn.Module):
         else:
             plan_index = torch.zeros(0, dtype=torch.int64, device=device)
             plan_weight = torch.zeros(0, dtype=compute_dtype, device=device)
+        plan_index, blocks, row0 = _table_blocks(levels, plan_index, row0)
         # Move bags (and their taps) to output order, so that the forward writes each chunk
         # of bins with one copy and the backward reads the gradient without a gather.
         dest = (torch.cat(rois)[:, None] * nbins + torch.arange(nbins, device=device)).flatten()
@@ -601,7 +641,7 @@ class ROIAlignPooler(nn.Module):
         weight_t = torch.empty_like(plan_weight)
         weight_t[position] = plan_weight
         del plan_index, plan_weight, position, index, weight
-        gplan = _GatherPlan(levels, row0, index_t, weight_t, offsets.to(itype), bag_sizes)
+        gplan = _GatherPlan(levels, blocks, row0, index_t, weight_t, offsets.to(itype), bag_sizes)
         return _GatherROIAlign.apply(gplan, num_rois, self.output_size, compute_dtype, *x)
 
     def _grid_sample(self, x, plans, num_rois, compute_dtype):

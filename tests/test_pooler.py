@@ -139,6 +139,45 @@ def test_feature_gradients_match_roipooler(batch, sampler):
         torch.testing.assert_close(ours, ref, rtol=0, atol=TOL)
 
 
+@pytest.mark.parametrize("touched", ["few rows", "all rows"])
+def test_gather_table_of_touched_rows(monkeypatch, touched):
+    """The gather sampler copies only the rows its taps touch when that is at most half of the
+    sampled levels (a few ROIs, as in the mask head), else whole levels. Both tables give
+    ROIPooler's output and feature gradients; untouched rows get a gradient of exactly 0."""
+    from roi_plugin import pooler as pooler_module
+
+    compacted = []
+    table_blocks = pooler_module._table_blocks
+
+    def spy(levels, index, num_rows):
+        out = table_blocks(levels, index, num_rows)
+        compacted.append(out[2] < num_rows)
+        return out
+
+    monkeypatch.setattr(pooler_module, "_table_blocks", spy)
+    sizes = [(256, 320), (224, 288)]
+    feats = pyramid(sizes, seed=5)
+    if touched == "few rows":  # two P2 boxes in image 0, none in image 1
+        boxes = [torch.tensor([[10.0, 12.0, 50.0, 60.0], [100.3, 80.9, 130.2, 141.0]]), torch.zeros(0, 4)]
+    else:  # every image's whole P4 map
+        boxes = [torch.tensor([[0.0, 0.0, 320.0, 256.0]]), torch.tensor([[0.0, 0.0, 288.0, 224.0]])]
+    grad = torch.randn(sum(len(b) for b in boxes), 8, 14, 14, generator=torch.Generator().manual_seed(2))
+    results = []
+    for pooler in (ROIPooler(14, SCALES, 0, "ROIAlignV2"), ROIAlignPooler(14, SCALES, 0, "ROIAlignV2")):
+        x = [f.clone().requires_grad_() for f in feats]
+        out = pooler(x, [Boxes(b) for b in boxes])
+        out.backward(grad)
+        results.append((out, [f.grad for f in x]))
+    (ref, ref_grads), (out, grads) = results
+    assert compacted == [touched == "few rows"]
+    torch.testing.assert_close(out, ref, rtol=0, atol=TOL)
+    for ours, theirs in zip(grads, ref_grads):
+        # Levels without ROIs are not in the graph (gradient None, i.e. 0); ROIPooler gives zeros.
+        torch.testing.assert_close(torch.zeros_like(theirs) if ours is None else ours, theirs, rtol=0, atol=TOL)
+    if touched == "few rows":
+        assert grads[0][1].abs().sum() == 0 and grads[0][0].abs().sum() > 0  # only image 0 is touched
+
+
 @pytest.mark.parametrize("sampler", SAMPLERS)
 @pytest.mark.parametrize("pooler_type,sampling_ratio", [("ROIAlignV2", 0), ("ROIAlignV2", 2), ("ROIAlign", 0)])
 def test_gradcheck_float64(sampler, pooler_type, sampling_ratio):
