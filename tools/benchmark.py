@@ -11,9 +11,10 @@ Measures, side by side in one process and after warm-up:
   (``ROIAlignV2``), plus the notebook's per-ROI ``expand`` design at a small ROI count;
 * peak memory of each case, each in a process of its own (CPU: growth of the resident set
   high-water mark over the state after warm-up; CUDA: ``torch.cuda.max_memory_allocated``);
-* one training iteration and one inference pass of Mask R-CNN R50-FPN with roi_plugin's heads
+* one training iteration and one inference pass of Mask R-CNN with roi_plugin's heads
   (``PluginROIHeads`` + ``TwoMLPHead``) against the built-in heads (``StandardROIHeads`` +
-  ``FastRCNNConvFCHead``), same config otherwise, same weights, same input.
+  ``FastRCNNConvFCHead``), same config otherwise, same weights, same input: R50-FPN at
+  800x1216, and the shapes demo's R18-FPN at 256x256.
 
 Repetitions of the implementations being compared are interleaved (A B C, B C A, ...) so that
 load from other processes hits all of them alike; ratios are the median of per-repetition
@@ -253,8 +254,24 @@ def measure_memory(impl: str, case: Case, mode: str, quick: bool, device: str, t
 
 
 # ---------------------------------------------------------------------------- model
-def build_models(quick: bool, device: str):
-    """Mask R-CNN R50-FPN with the plugin heads and with the built-in heads, same weights."""
+class ModelCase(NamedTuple):
+    title: str
+    config: str  # relative to the repo
+    train_batch: int
+    image_hw: Sequence[int]
+    quick_hw: Sequence[int]
+
+
+MODEL_CASES = (
+    ModelCase("Mask R-CNN R50-FPN", "configs/mask_rcnn_R_50_FPN_1x_plugin.yaml", 2, (800, 1216), (320, 480)),
+    # The demo's model: small backbone and images, where the ROI heads are a large share of the time.
+    ModelCase("Mask R-CNN R18-FPN (GroupNorm), the shapes demo's model", "configs/shapes/mask_rcnn_plugin.yaml",
+              4, (256, 256), (256, 256)),
+)
+
+
+def build_models(case: ModelCase, device: str):
+    """``case.config`` with the plugin heads and with the built-in heads, same weights."""
     from detectron2.config import get_cfg
     from detectron2.modeling import build_model
 
@@ -263,33 +280,34 @@ def build_models(quick: bool, device: str):
     def cfg_for(plugin: bool):
         cfg = get_cfg()
         add_roi_plugin_config(cfg)
-        cfg.merge_from_file(os.path.join(REPO, "configs", "mask_rcnn_R_50_FPN_1x_plugin.yaml"))
+        cfg.merge_from_file(os.path.join(REPO, case.config))
         cfg.MODEL.WEIGHTS = ""
         cfg.MODEL.DEVICE = device
-        if not plugin:
-            cfg.MODEL.ROI_HEADS.NAME = "StandardROIHeads"
-            cfg.MODEL.ROI_BOX_HEAD.NAME = "FastRCNNConvFCHead"
+        cfg.MODEL.ROI_HEADS.NAME = "PluginROIHeads" if plugin else "StandardROIHeads"
+        cfg.MODEL.ROI_BOX_HEAD.NAME = "TwoMLPHead" if plugin else "FastRCNNConvFCHead"
+        cfg.MODEL.ROI_PLUGIN.SAMPLER = "gather"
         return cfg
 
     torch.manual_seed(0)
-    plugin = build_model(cfg_for(True))
+    plugin_cfg = cfg_for(True)
+    plugin = build_model(plugin_cfg)
     builtin = build_model(cfg_for(False))
     missing, unexpected = builtin.load_state_dict(plugin.state_dict(), strict=False)
     if missing or unexpected:
         raise RuntimeError(f"plugin/built-in state dicts differ: missing {missing}, unexpected {unexpected}")
-    return plugin, builtin
+    return plugin, builtin, plugin_cfg.MODEL.ROI_HEADS.NUM_CLASSES
 
 
-def model_inputs(quick: bool, device: str, batch: int):
+def model_inputs(height: int, width: int, device: str, batch: int, num_classes: int):
     from detectron2.structures import BitMasks, Boxes, Instances
 
-    height, width = (320, 480) if quick else (800, 1216)
     gen = torch.Generator().manual_seed(2)
     inputs = []
     for _ in range(batch):
         image = (torch.rand(3, height, width, generator=gen) * 255).to(device)
         n = 8
-        side = torch.exp(torch.empty(n, 2).uniform_(math.log(32), math.log(min(height, width) / 2), generator=gen))
+        lo = min(32.0, min(height, width) / 16)
+        side = torch.exp(torch.empty(n, 2).uniform_(math.log(lo), math.log(min(height, width) / 2), generator=gen))
         x1 = torch.rand(n, generator=gen) * (width - side[:, 0])
         y1 = torch.rand(n, generator=gen) * (height - side[:, 1])
         boxes = torch.stack([x1, y1, x1 + side[:, 0], y1 + side[:, 1]], 1)
@@ -298,18 +316,20 @@ def model_inputs(quick: bool, device: str, batch: int):
             masks[i, b:d, a:c] = True
         inst = Instances((height, width))
         inst.gt_boxes = Boxes(boxes.to(device))
-        inst.gt_classes = torch.randint(0, 80, (n,), generator=gen).to(device)
+        inst.gt_classes = torch.randint(0, num_classes, (n,), generator=gen).to(device)
         inst.gt_masks = BitMasks(masks.to(device))
         inputs.append({"image": image, "height": height, "width": width, "instances": inst})
     return inputs
 
 
-def model_bench(quick: bool, device: str, reps: int):
+def model_bench(case: ModelCase, quick: bool, device: str, reps: int):
     from detectron2.utils.events import EventStorage
 
-    plugin, builtin = build_models(quick, device)
-    train_in = model_inputs(quick, device, 2)
-    infer_in = [{k: v for k, v in d.items() if k != "instances"} for d in model_inputs(quick, device, 1)]
+    plugin, builtin, num_classes = build_models(case, device)
+    height, width = case.quick_hw if quick else case.image_hw
+    train_in = model_inputs(height, width, device, case.train_batch, num_classes)
+    infer_in = [{k: v for k, v in d.items() if k != "instances"}
+                for d in model_inputs(height, width, device, 1, num_classes)]
 
     def train_step(model):
         def step():
@@ -329,9 +349,9 @@ def model_bench(quick: bool, device: str, reps: int):
         return step
 
     train = interleaved({"builtin": train_step(builtin), "plugin": train_step(plugin)}, reps, 1, device)
-    print("[model] inference", file=sys.stderr, flush=True)
+    print(f"[model] {case.title}: inference", file=sys.stderr, flush=True)
     infer = interleaved({"builtin": infer_step(builtin), "plugin": infer_step(plugin)}, reps, 1, device)
-    return {"train (2 images, fwd+bwd)": train, "inference (1 image)": infer}
+    return {f"train ({case.train_batch} images, fwd+bwd)": train, "inference (1 image)": infer}
 
 
 # ---------------------------------------------------------------------------- report
@@ -465,26 +485,27 @@ def run(args) -> str:
         "count; at 512 ROIs per image it would need roughly 512/16 = 32x the figures of its row above.",
     ]
     if not args.no_model:
-        print("[model] Mask R-CNN R50-FPN", file=sys.stderr, flush=True)
-        mreps = args.model_reps or (1 if quick else 3)
-        res = model_bench(quick, device, mreps)
-        mh, mw = (320, 480) if quick else (800, 1216)
-        md += [
-            "",
-            "## Whole model: Mask R-CNN R50-FPN",
-            "",
-            f"`configs/mask_rcnn_R_50_FPN_1x_plugin.yaml` (random init, no weights) with the plugin heads "
-            f"(`PluginROIHeads`, `TwoMLPHead`, sampler `gather`) vs the same config with "
-            f"`StandardROIHeads` + `FastRCNNConvFCHead`; identical weights, random {mh}x{mw} images with "
-            f"8 boxes/masks each, {mreps} repetition(s) after one warm-up, interleaved.",
-            "",
-            "| pass | built-in heads ms | plugin heads ms | ratio plugin / built-in |",
-            "| --- | --- | --- | --- |",
-        ]
-        for name, t in res.items():
-            r = ratio(t["plugin"], t["builtin"])
-            md.append(f"| {name} | {fmt_t(t['builtin'])} | {fmt_t(t['plugin'])} | {r:.2f}x |")
-            headline[("model", name)] = (r, None)
+        for mcase in MODEL_CASES:
+            print(f"[model] {mcase.title}", file=sys.stderr, flush=True)
+            mreps = args.model_reps or (1 if quick else (3 if mcase.image_hw[0] > 400 else 7))
+            res = model_bench(mcase, quick, device, mreps)
+            mh, mw = mcase.quick_hw if quick else mcase.image_hw
+            md += [
+                "",
+                f"## Whole model: {mcase.title}",
+                "",
+                f"`{mcase.config}` (random init, no weights) with the plugin heads "
+                f"(`PluginROIHeads`, `TwoMLPHead`, sampler `gather`) vs the same config with "
+                f"`StandardROIHeads` + `FastRCNNConvFCHead`; identical weights, random {mh}x{mw} images with "
+                f"8 boxes/masks each, {mreps} repetition(s) after one warm-up, interleaved.",
+                "",
+                "| pass | built-in heads ms | plugin heads ms | ratio plugin / built-in |",
+                "| --- | --- | --- | --- |",
+            ]
+            for name, t in res.items():
+                r = ratio(t["plugin"], t["builtin"])
+                md.append(f"| {name} | {fmt_t(t['builtin'])} | {fmt_t(t['plugin'])} | {r:.2f}x |")
+                headline[("model", mcase.config, name)] = (r, None)
     if not device.startswith("cuda"):
         md += ["", "## GPU", "", args.gpu_note]
     md += ["", NOTES]
