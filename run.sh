@@ -10,7 +10,7 @@ cmd=${1:-}
 shift || true
 case "$cmd" in
   train)
-    exec "$PY" tools/train_net.py --config-file configs/shapes/mask_rcnn_gridsample.yaml "$@" ;;
+    exec "$PY" tools/train_net.py --config-file configs/shapes/mask_rcnn_plugin.yaml "$@" ;;
   test)
     exec "$PY" -m pytest "$@" ;;
   *)

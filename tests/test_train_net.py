@@ -20,7 +20,7 @@ from detectron2.utils import comm
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_NET = REPO / "tools" / "train_net.py"
-CONFIG = REPO / "configs" / "shapes" / "mask_rcnn_gridsample.yaml"
+CONFIG = REPO / "configs" / "shapes" / "mask_rcnn_plugin.yaml"
 
 TINY = [
     "DATASETS.TRAIN", "('shapes_val',)",

@@ -1,13 +1,14 @@
 #!/usr/bin/env python
 # Copyright (c) roi_plugin authors. Licensed under the Apache License 2.0.
-"""Train the two shapes twins (same seed and schedule, only the ROI heads differ) and write
-their figures to ``results/shapes_twins.md`` (and ``.json``).
+"""Train the shapes twins (same seed and schedule, only the ROI heads differ: the plugin's heads
+with each sampler, and Detectron2's built-in heads) and write their figures to
+``results/shapes_twins.md`` (and ``.json``).
 
-    python tools/run_twins.py                  # train both (about 20 min on 2 cores), then write
+    python tools/run_twins.py                  # train all three (about 30 min on 2 cores), then write
     python tools/run_twins.py --skip-training  # only collect from finished runs in output/
 
 Each run is ``tools/train_net.py --config-file <config>``; trailing arguments are config
-overrides passed to both (e.g. ``SOLVER.MAX_ITER 100`` for a quick look).
+overrides passed to every run (e.g. ``SOLVER.MAX_ITER 100`` for a quick look).
 """
 import argparse
 import json
@@ -20,9 +21,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+# The built-in heads come last: every plugin run is compared with them.
+BUILTIN = "builtin (StandardROIHeads + FastRCNNConvFCHead + ROIAlignV2)"
 TWINS = {
+    "plugin, main job (PluginROIHeads, gather sampler + TwoMLPHead + FastRCNNPredictor)":
+        "configs/shapes/mask_rcnn_plugin.yaml",
     "plugin (GridSampleROIHeads + TwoMLPHead + FastRCNNPredictor)": "configs/shapes/mask_rcnn_gridsample.yaml",
-    "builtin (StandardROIHeads + FastRCNNConvFCHead + ROIAlignV2)": "configs/shapes/mask_rcnn_builtin.yaml",
+    BUILTIN: "configs/shapes/mask_rcnn_builtin.yaml",
 }
 KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 MAX_GAP = 2.0  # the issue's bar: twins within 2 AP points
@@ -77,16 +82,26 @@ def _write(results, opts):
                 f"| {name} | {task} | " + " | ".join(f"{r[task][k]:.1f}" for k in KEYS)
                 + f" | {r['s_per_iter']:.3f} | {r['iterations']} | {r['wall_time_s'] / 60:.1f} min |"
             )
-    if len(names) == 2:
-        a, b = (results["runs"][n] for n in names)
-        lines += ["", "| difference (plugin - builtin) | " + " | ".join(KEYS) + " |",
-                  "| --- | " + " | ".join("---:" for _ in KEYS) + " |"]
-        for task in ("bbox", "segm"):
-            lines.append(f"| {task} | " + " | ".join(f"{a[task][k] - b[task][k]:+.1f}" for k in KEYS) + " |")
-        gaps = {t: abs(a[t]["AP"] - b[t]["AP"]) for t in ("bbox", "segm")}
-        verdict = "within" if max(gaps.values()) <= MAX_GAP else "NOT within"
-        lines += ["", f"AP gap: bbox {gaps['bbox']:.1f}, segm {gaps['segm']:.1f} points: {verdict} "
-                  f"the {MAX_GAP:g}-point bar."]
+    if BUILTIN in results["runs"]:
+        b = results["runs"][BUILTIN]
+        lines += ["", "| difference (plugin run - builtin) | task | " + " | ".join(KEYS) + " | s/iter ratio |",
+                  "| --- | --- | " + " | ".join("---:" for _ in KEYS) + " | ---: |"]
+        verdicts = []
+        for name in names:
+            if name == BUILTIN:
+                continue
+            a = results["runs"][name]
+            for task in ("bbox", "segm"):
+                lines.append(
+                    f"| {name.split(' (')[0]}, {a['config'].rsplit('/', 1)[-1]} | {task} | "
+                    + " | ".join(f"{a[task][k] - b[task][k]:+.1f}" for k in KEYS)
+                    + f" | {a['s_per_iter'] / b['s_per_iter']:.2f}x |"
+                )
+            gaps = {t: abs(a[t]["AP"] - b[t]["AP"]) for t in ("bbox", "segm")}
+            verdict = "within" if max(gaps.values()) <= MAX_GAP else "NOT within"
+            verdicts.append(f"- {a['config'].rsplit('/', 1)[-1]}: AP gap to the built-in heads bbox "
+                            f"{gaps['bbox']:.1f}, segm {gaps['segm']:.1f} points: {verdict} the {MAX_GAP:g}-point bar.")
+        lines += [""] + verdicts
     (out / "shapes_twins.md").write_text("\n".join(lines) + "\n")
     return out / "shapes_twins.md"
 
@@ -94,7 +109,7 @@ def _write(results, opts):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--skip-training", action="store_true", help="collect from finished runs only")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides for both runs")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides for every run")
     args = parser.parse_args(argv)
     runs = {}
     for name, config in TWINS.items():

@@ -2,7 +2,7 @@
 # Copyright (c) roi_plugin authors. Licensed under the Apache License 2.0.
 """Train and evaluate a Mask R-CNN with roi_plugin's ROI heads (Detectron2's train_net, thin).
 
-    python tools/train_net.py --config-file configs/shapes/mask_rcnn_gridsample.yaml
+    python tools/train_net.py --config-file configs/shapes/mask_rcnn_plugin.yaml
     python tools/train_net.py --config-file ... --num-gpus 2          # 2 processes (gloo on CPU)
     python tools/train_net.py --config-file ... --resume               # continue an interrupted run
     python tools/train_net.py --config-file ... --eval-only MODEL.WEIGHTS out/model_final.pth
@@ -122,7 +122,7 @@ def _check_cfg(cfg):
 def build_cfg(args):
     """get_cfg + add_roi_plugin_config + merge file + merge opts + freeze, with readable errors."""
     if not args.config_file:
-        raise UserError("no --config-file given (e.g. configs/shapes/mask_rcnn_gridsample.yaml)")
+        raise UserError("no --config-file given (e.g. configs/shapes/mask_rcnn_plugin.yaml)")
     if not os.path.isfile(args.config_file):
         raise UserError(f"config file not found: {args.config_file}")
     cfg = get_cfg()

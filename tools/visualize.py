@@ -9,7 +9,7 @@
   mean-over-channels of the 7x7 box-pooler and the 14x14 mask-pooler outputs, with the FPN
   level each ROI was assigned to.
 
-    python tools/visualize.py --run output/shapes_mask_rcnn_gridsample
+    python tools/visualize.py --run output/shapes_mask_rcnn_plugin
 """
 import argparse
 import json
