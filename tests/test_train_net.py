@@ -121,11 +121,12 @@ def _assert_same_state(a, b):
         assert a == b
 
 
-def test_resume_continues_from_last_checkpoint(tmp_path):
+@pytest.mark.parametrize("scheduler", ["WarmupCosineLR", "WarmupMultiStepLR"])
+def test_resume_continues_from_last_checkpoint(tmp_path, scheduler):
     train_net = _load_train_net()
     # Checkpoints after iterations 2 and 5 (CHECKPOINT_PERIOD 3); the run dies during iteration 4.
     opts = ["SOLVER.MAX_ITER", "8", "SOLVER.CHECKPOINT_PERIOD", "3", "SOLVER.STEPS", "(4,)",
-            "OUTPUT_DIR", str(tmp_path)]
+            "SOLVER.LR_SCHEDULER_NAME", scheduler, "OUTPUT_DIR", str(tmp_path)]
     cfg = train_net.setup(_args(train_net, *opts))
     trainer = train_net.Trainer(cfg)
     trainer.resume_or_load(resume=False)
@@ -145,8 +146,11 @@ def test_resume_continues_from_last_checkpoint(tmp_path):
     assert any(len(s) for s in resumed.optimizer.state_dict()["state"].values())  # momentum kept
     resumed.train()
     assert resumed.iter == cfg.SOLVER.MAX_ITER and (tmp_path / "model_final.pth").is_file()
-    # The LR schedule continued where it was: after step 4 the LR is BASE_LR * GAMMA.
-    assert resumed.optimizer.param_groups[0]["lr"] == pytest.approx(cfg.SOLVER.BASE_LR * cfg.SOLVER.GAMMA)
+    # The LR schedule continued where it was and ended where an uninterrupted run ends: the
+    # cosine (the main job's schedule) at BASE_LR_END, the step schedule at BASE_LR * GAMMA after
+    # step 4. A scheduler restarted at iteration 3 would stop short of either.
+    end = cfg.SOLVER.BASE_LR_END if scheduler == "WarmupCosineLR" else cfg.SOLVER.BASE_LR * cfg.SOLVER.GAMMA
+    assert resumed.optimizer.param_groups[0]["lr"] == pytest.approx(end, abs=1e-9)
     iters = [json.loads(line)["iteration"] for line in open(tmp_path / "metrics.json")]
     assert iters == sorted(iters)
 
