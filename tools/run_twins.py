@@ -71,6 +71,8 @@ def _write(results, opts):
         f"({results['machine']}). Same config, seed (SEED 42) and schedule; only the ROI heads differ.",
         "COCO AP on `shapes_val` (200 images), from each run's `final_metrics.json`; s/iter is the",
         "median of the `time` entries of its `metrics.json`; wall time is the whole run (train + eval).",
+        "The runs are sequential, so their s/iter ratios are indicative only; BENCHMARKS.md times the",
+        "same model with both heads side by side.",
         "",
         "| run | task | " + " | ".join(KEYS) + " | s/iter | iters | wall time |",
         "| --- | --- | " + " | ".join("---:" for _ in KEYS) + " | ---: | ---: | ---: |",
