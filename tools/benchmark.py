@@ -432,10 +432,16 @@ machine: `python tools/benchmark.py --profile gather:train_r2:fwd+bwd` (any `IMP
   inference pass `roi_align` is ~6 % of the built-in pass against ~1 % for our `embedding_bag`,
   and the plan building's many small ops (index, nonzero, cat: dispatch overhead) eat most of the
   difference, so that ratio is close to 1 (0.95x to 1.0x over our runs).
-- The `grid_sample` sampler needs one `grid_sample` call per level and per power-of-two adaptive
-  grid size under `sampling_ratio=0`, and each `grid_sampler_2d_backward` zero-fills a full
-  level-sized gradient, so it is slower than `ROIPooler` there; with a fixed ratio it is one call per
-  level. It is kept for ONNX export (`GridSample` is a standard operator), not for speed.
+- The `grid_sample` sampler lays the sample points of all ROIs of a level, whatever their
+  adaptive grid sizes, out in one flat list per image, samples them with one `grid_sample` call
+  and sums each bin's samples with one `scatter_add`. Before, it made one call per power-of-two
+  grid size, and each `grid_sampler_2d_backward` zero-fills and returns a gradient the size of the
+  level: at ratio 0 (several calls on P2) that cost 1.72x `ROIPooler`'s time, and the mask case
+  2.06x time and 1.65x memory. One call per level brings the mask case to ~1.2x for both; with 2 x
+  512 box ROIs all samples at once would be ~3x `ROIPooler`'s memory (the (B, C, points) samples
+  exist twice), so there calls hold at most a quarter of the level's positions each: ~1.4x time,
+  1.65x memory, the floor for several calls, since autograd holds two level-sized gradients while
+  it sums them. It is kept for ONNX export (`GridSample` is a standard operator), not for speed.
 """
 
 
