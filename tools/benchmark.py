@@ -410,8 +410,8 @@ machine: `python tools/benchmark.py --profile gather:train_r2:fwd+bwd` (any `IMP
   levels it samples (the mask pooler's few positive ROIs, a handful of proposals), only those rows
   are gathered (`index_select` along each channel row, then one blocked transpose) and the
   backward scatters their gradient rows into a zeroed NCHW gradient (`index_copy_`). Mask
-  14x14 forward+backward went from 0.44x to about 0.2x of `ROIPooler`'s time, and the 16-ROI case
-  from 2.4x (the pyramid copy dominated) to below 1x.
+  14x14 forward+backward went from 0.44x to 0.2x-0.3x of `ROIPooler`'s time, and the 16-ROI case
+  from 2.4x (the pyramid copy dominated) to about 0.7x (ranges over three runs of the benchmark).
 - **What remains and why**: with many ROIs the taps touch most of the pyramid, and the layout
   copies cannot go while the FPN hands over NCHW maps and wants an NCHW gradient: a sum over rows
   needs channels-last rows. They are already at memory-copy speed per block; running them for two
@@ -424,11 +424,11 @@ machine: `python tools/benchmark.py --profile gather:train_r2:fwd+bwd` (any `IMP
 - **Whole model**: in a Mask R-CNN R50-FPN training iteration (random init, 2 images 800x1216) the
   profile is ~85 % convolutions (`convolution_backward` 5.2 s, `mkldnn_convolution` 2.5-3.1 s of
   ~9.5 s); Detectron2's `roi_align` forward+backward there is ~0.2 s, and the plugin's pooler saves
-  a part of it, so training is a little faster. In the R50 inference pass (random init: no
+  a part of it: the training ratio was 0.92x to 1.00x over three runs, within this machine's noise. In the R50 inference pass (random init: no
   detection passes the score threshold, so nothing is mask-pooled) `torchvision::roi_align` takes
   ~1.5 ms of ~1.5 s (0.1 %): no pooler can make that pass measurably faster, and ours spends a
   few ms more there on the layout copy, so the ratio is 1.0x within noise. In the shapes demo's
-  R18-FPN at 256x256, where the ROI heads are a larger share, training is ~10 % faster; in its
+  R18-FPN at 256x256, where the ROI heads are a larger share, training is 8-11 % faster (three runs); in its
   inference pass `roi_align` is ~6 % of the built-in pass against ~1 % for our `embedding_bag`,
   and the plan building's many small ops (index, nonzero, cat: dispatch overhead) eat most of the
   difference, so that ratio is close to 1 (0.95x to 1.0x over our runs).
@@ -437,7 +437,7 @@ machine: `python tools/benchmark.py --profile gather:train_r2:fwd+bwd` (any `IMP
   and sums each bin's samples with one `scatter_add`. Before, it made one call per power-of-two
   grid size, and each `grid_sampler_2d_backward` zero-fills and returns a gradient the size of the
   level: at ratio 0 (several calls on P2) that cost 1.72x `ROIPooler`'s time, and the mask case
-  2.06x time and 1.65x memory. One call per level brings the mask case to ~1.2x for both; with 2 x
+  2.06x time and 1.65x memory. One call per level brings the mask case to 1.0x-1.2x time and 1.17x memory; with 2 x
   512 box ROIs all samples at once would be ~3x `ROIPooler`'s memory (the (B, C, points) samples
   exist twice), so there calls hold at most a quarter of the level's positions each: ~1.4x time,
   1.65x memory, the floor for several calls, since autograd holds two level-sized gradients while
