@@ -263,9 +263,10 @@ class _GatherROIAlign(torch.autograd.Function):
         torch.cumsum(torch.bincount(plan.index, minlength=plan.num_rows), 0, out=start[1:])
         bounds = start[[r for _, _, r, _, _ in plan.blocks] + [plan.num_rows]].tolist()
         grads: List[Optional[torch.Tensor]] = [None] * ctx.num_features
+        # A compact table (all blocks or none, see _table_blocks) left out the rows no tap
+        # touches: their gradient is 0.
+        compact = any(blk[4] is not None for blk in plan.blocks)
         for level, _, b, h, w in plan.levels:
-            # Rows no tap touches were not copied: their gradient is 0.
-            compact = any(blk[4] is not None for blk in plan.blocks if blk[0] == level)
             grads[level] = (torch.zeros if compact else torch.empty)(
                 (b, channels, h, w), dtype=ctx.dtype, device=device
             )
@@ -295,13 +296,14 @@ def _table_blocks(levels, index: torch.Tensor, num_rows: int):
         (index, blocks, table rows), blocks as in :class:`_GatherPlan`.
     """
     dense = [(level, i, row0 + i * h * w, h * w) for level, row0, b, h, w in levels for i in range(b)]
+    whole = (index, [(lv, i, r, n, None) for lv, i, r, n in dense], num_rows)
     if index.numel() == 0 or num_rows == 0:
-        return index, [(lv, i, r, n, None) for lv, i, r, n in dense], num_rows
+        return whole
     used = torch.zeros(num_rows, dtype=torch.bool, device=index.device)
     used[index] = True
     rows = used.nonzero().flatten()  # sorted
     if 2 * rows.numel() > num_rows:
-        return index, [(lv, i, r, n, None) for lv, i, r, n in dense], num_rows
+        return whole
     index = (torch.cumsum(used, 0) - 1)[index]
     first = torch.tensor([r for _, _, r, _ in dense] + [num_rows], dtype=rows.dtype, device=rows.device)
     bounds = torch.searchsorted(rows, first).tolist()
@@ -388,13 +390,15 @@ def _grid_sample_units(feat: torch.Tensor, sets) -> List[torch.Tensor]:
         [torch.full((n,), uh * uw * g, dtype=torch.int64, device=device) for n, uh, uw, g in shapes]
     )
 
+    by_image = torch.argsort(unit_image, stable=True)
+    sorted_image = unit_image[by_image]
+
     def starts(sizes):
-        by_image = torch.argsort(unit_image, stable=True)
         before = torch.cumsum(sizes[by_image], 0) - sizes[by_image]
         totals = torch.bincount(unit_image, weights=sizes.double(), minlength=bsz).long()
         first = torch.cumsum(totals, 0) - totals
         out = torch.empty_like(sizes)
-        out[by_image] = before - first[unit_image[by_image]]
+        out[by_image] = before - first[sorted_image]
         return out, int(totals.max()) if totals.numel() else 0
 
     bin_start, nbins = starts(unit_bins)
