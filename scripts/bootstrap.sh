@@ -25,11 +25,14 @@ if [[ ! -x "$VENV/bin/python" ]]; then
   fi
 fi
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
-# detectron2 still imports pkg_resources, which setuptools 81 removed.
-"${PIP[@]}" install -q "setuptools<81" wheel
+# detectron2 (its model_zoo among others) imports pkg_resources, which setuptools 81 removed, and
+# torch 2.14.1 requires setuptools>=77.0.3. Every pip call below names this range, so that no
+# resolver run can upgrade setuptools past it (pip takes the newest one a requirement allows).
+SETUPTOOLS="setuptools>=77.0.3,<81"
+"${PIP[@]}" install -q "$SETUPTOOLS" wheel
 if ! "$VENV/bin/python" -c "import torch, torchvision" 2>/dev/null; then
   log "installing torch 2.14.1 + torchvision 0.29.1"
-  "${PIP[@]}" install -q torch==2.14.1 torchvision==0.29.1 "numpy<2"
+  "${PIP[@]}" install -q torch==2.14.1 torchvision==0.29.1 "numpy<2" "$SETUPTOOLS"
 fi
 if ! "$VENV/bin/python" -c "import detectron2" 2>/dev/null; then
   # detectron2 is not on the package index under its own name. Its pure-Python code is, as
@@ -41,9 +44,9 @@ if ! "$VENV/bin/python" -c "import detectron2" 2>/dev/null; then
   "${PIP[@]}" download -q --no-deps --only-binary=:all: --python-version 3.10 -d "$wheels" sal-detectron2==0.7.2
   cp -f "$wheels"/sal_detectron2-0.7.2-cp310-none-any.whl "$wheels"/sal_detectron2-0.7.2-py3-none-any.whl
   # The wheel pins numpy<2 and does not declare fvcore/iopath, which `import detectron2` needs.
-  "${PIP[@]}" install -q "$wheels"/sal_detectron2-0.7.2-py3-none-any.whl fvcore iopath "numpy<2"
+  "${PIP[@]}" install -q "$wheels"/sal_detectron2-0.7.2-py3-none-any.whl fvcore iopath "numpy<2" "$SETUPTOOLS"
 fi
 log "installing roi_plugin (editable) with test extras"
-"${PIP[@]}" install -q --no-build-isolation -e ".[test]"
-"$VENV/bin/python" -c "import detectron2, roi_plugin, torch; print('[bootstrap] ready: torch', torch.__version__, '| detectron2', detectron2.__version__, '| roi_plugin', roi_plugin.__version__)" >&2
+"${PIP[@]}" install -q --no-build-isolation -e ".[test]" "$SETUPTOOLS"
+"$VENV/bin/python" -c "import detectron2.model_zoo, roi_plugin, torch; print('[bootstrap] ready: torch', torch.__version__, '| detectron2', detectron2.__version__, '| roi_plugin', roi_plugin.__version__)" >&2
 echo "$want" > "$STAMP"
