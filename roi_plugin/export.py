@@ -4,7 +4,7 @@
 The eager pooler takes a list of per-image ``Boxes``, so a trace would freeze the number
 of images. These wrappers take Detectron2's pooler format instead, one (K, 5) tensor of
 ``batch_index, x1, y1, x2, y2``, and call the pooler's static-shape path
-(:meth:`ROIAlignPooler._grid_sample_static`), so the number of ROIs *and* of images are
+(:func:`roi_plugin.layers.static.grid_sample_static`), so the number of ROIs *and* of images are
 dynamic axes of the exported graph. ``tools/export_onnx.py`` uses them.
 """
 
@@ -13,7 +13,7 @@ from typing import List, Sequence, Tuple
 import torch
 from torch import nn
 
-from .pooler import EXPORT_MAX_GRID, ROIAlignPooler
+from .layers import EXPORT_MAX_GRID, ROIAlignPooler
 
 __all__ = ["ExportablePooler", "ExportableBoxBranch", "export_onnx", "boxes_to_rois"]
 
@@ -34,7 +34,7 @@ class ExportablePooler(nn.Module):
         pooler: the pooler to export (either sampler; the export path is ``grid_sample``).
         max_grid: samples per bin and axis laid out when ``pooler.sampling_ratio == 0``
             (exact for ROIs whose adaptive grid is at most this; see
-            :meth:`ROIAlignPooler._grid_sample_static`).
+            :func:`roi_plugin.layers.static.grid_sample_static`).
     """
 
     def __init__(self, pooler: ROIAlignPooler, max_grid: int = EXPORT_MAX_GRID):
