@@ -174,13 +174,17 @@ class ROIAlignPooler(nn.Module):
                     f"{tuple(ref.shape)} {ref.dtype} on {ref.device}: batch, channels, dtype "
                     f"and device must agree"
                 )
+            # Maps in coarse-to-fine order are the one size mistake caught here. Other sizes
+            # are accepted, as Detectron2's ROIPooler accepts them (its own tests pool one map
+            # at two scales); each level is sampled within its own size.
             if i > 0:
                 prev = x[i - 1]
                 for axis, name in ((2, "height"), (3, "width")):
-                    if abs(prev.shape[axis] - 2 * f.shape[axis]) > 1:
+                    if f.shape[axis] > prev.shape[axis]:
                         raise ValueError(
-                            f"feature map sizes do not halve with the stride: level {i - 1} "
-                            f"{name} {prev.shape[axis]} -> level {i} {name} {f.shape[axis]}"
+                            f"feature maps must come finest first, sizes that halve with the stride, "
+                            f"but level {i - 1} {name} {prev.shape[axis]} -> level {i} {name} "
+                            f"{f.shape[axis]} grows"
                         )
 
     @staticmethod
