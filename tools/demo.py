@@ -13,7 +13,6 @@ counted at the end; the exit status is 1 when none could be read, 2 on a bad com
 A model trained with --dataset gets its class names from the same --dataset argument.
 """
 import argparse
-import logging
 import os
 import sys
 import warnings
