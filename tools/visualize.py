@@ -30,10 +30,11 @@ from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
 from detectron2.data.detection_utils import read_image  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 from detectron2.structures import Boxes  # noqa: E402
-from detectron2.utils.visualizer import ColorMode, Visualizer  # noqa: E402
+from detectron2.utils.visualizer import Visualizer  # noqa: E402
 
 import roi_plugin  # noqa: E402
 import roi_plugin.data  # noqa: E402,F401  registers shapes_train / shapes_val
+from roi_plugin.demo import draw_instances  # noqa: E402
 
 LOSS_KEYS = ("total_loss", "loss_cls", "loss_box_reg", "loss_mask", "loss_rpn_cls", "loss_rpn_loc")
 
@@ -57,11 +58,11 @@ def draw_predictions(cfg, model, records, path, score_thresh=0.5):
         with torch.no_grad():
             inst = model([inp])[0]["instances"].to("cpu")
         inst = inst[inst.scores >= score_thresh]
-        pred = Visualizer(_rgb(cfg, image), meta, instance_mode=ColorMode.IMAGE).draw_instance_predictions(inst)
-        gt = Visualizer(_rgb(cfg, image), meta).draw_dataset_dict(rec)
+        pred = draw_instances(_rgb(cfg, image), inst, meta)  # as tools/demo.py draws
+        gt = Visualizer(_rgb(cfg, image), meta).draw_dataset_dict(rec).get_image()
         for i, (vis, title) in enumerate(((pred, f"predicted ({len(inst)}, score>={score_thresh})"),
                                           (gt, f"ground truth ({len(rec['annotations'])})"))):
-            axes[i, j].imshow(vis.get_image())
+            axes[i, j].imshow(vis)
             axes[i, j].set_title(title, fontsize=8)
             axes[i, j].axis("off")
     fig.tight_layout()

@@ -1,5 +1,7 @@
 # Copyright (c) roi_plugin authors. Licensed under the Apache License 2.0.
-"""Datasets. Importing this package registers ``shapes_train`` and ``shapes_val``."""
+"""Datasets. Importing this package registers ``shapes_train`` and ``shapes_val``;
+:func:`register_coco_dataset` registers a checked COCO-format dataset of one's own."""
+from .coco import CocoDatasetError, check_coco_json, register_coco_dataset
 from .shapes import (
     SHAPES_CLASSES,
     ensure_shapes_split,
@@ -13,6 +15,9 @@ from .shapes import (
 register_shapes()
 
 __all__ = [
+    "CocoDatasetError",
+    "check_coco_json",
+    "register_coco_dataset",
     "SHAPES_CLASSES",
     "ensure_shapes_split",
     "generate_shapes_image",
