@@ -258,23 +258,25 @@ _OPS = {
     "box_iou_rotated": (box_iou_rotated, _box_iou_rotated_fake),
     "nms_rotated": (nms_rotated, _nms_rotated_fake),
 }
-_registered = {}  # name -> CustomOpDef we created (kept alive: dropping it unregisters)
+_registered = {}  # "namespace::name" -> CustomOpDef we created (kept alive: dropping it unregisters)
 
 
-def register_rotated_ops() -> Tuple[str, ...]:
+def register_rotated_ops(namespace: str = "detectron2") -> Tuple[str, ...]:
     """Define ``detectron2::box_iou_rotated`` / ``detectron2::nms_rotated`` where missing.
 
     Imports ``detectron2.layers`` first, which loads a compiled ``detectron2._C`` if there is
     one (it registers its own operators then, and those are left alone). Idempotent.
-    Returns the names of the operators that this process's ``torch.ops.detectron2`` gets
-    from this module.
+    ``namespace`` exists for tests. Returns the names of the operators of ``namespace`` that
+    come from this module.
     """
     import detectron2.layers  # noqa: F401  (loads detectron2._C where it exists)
 
+    ns = getattr(torch.ops, namespace)
     for name, (impl, fake) in _OPS.items():
-        if name in _registered or hasattr(torch.ops.detectron2, name):
+        qualname = f"{namespace}::{name}"
+        if qualname in _registered or hasattr(ns, name):
             continue
-        op = torch.library.custom_op(f"detectron2::{name}", impl, mutates_args=())
+        op = torch.library.custom_op(qualname, impl, mutates_args=())
         op.register_fake(fake)
-        _registered[name] = op
-    return tuple(_registered)
+        _registered[qualname] = op
+    return tuple(q.split("::")[1] for q in _registered if q.startswith(namespace + "::"))
