@@ -15,13 +15,15 @@ lacks, so the tests compare against this transcription instead. It follows
   alike) contributes 0; otherwise negative coordinates clamp to 0 and those at or past the last
   row/column use that row/column); the bin is the sum divided by ``max(grid_h*grid_w, 1)``.
 
-The loops run in Python floats (double) and produce, for every output bin, its list of
-(pixel, weight) taps; the output is then one ``index_add`` of the weighted pixels, so autograd
+Per ROI, the kernel's scalar code runs in float64 numpy over arrays indexed like its loops
+(ph, pw, iy, ix): the same formulas in the same order, elementwise. This gives, for every output
+bin, its (pixel, weight) taps; the output is one ``index_add`` of the weighted pixels, so autograd
 gives the gradient with respect to the input (the kernel's backward scatters the same weights).
-Slow by design; for small tests only.
+For tests only.
 """
 import math
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.modules.utils import _pair
@@ -30,32 +32,26 @@ __all__ = ["roi_align_rotated_reference", "ReferenceROIAlignRotated"]
 
 
 def _bilinear_taps(height, width, y, x):
-    """pre_calc_for_bilinear_interpolate for one sample: [(pos, weight)] * 4 (weights 0 outside)."""
-    if y < -1.0 or y > height or x < -1.0 or x > width:
-        return [(0, 0.0)] * 4
-    if y < 0:
-        y = 0.0
-    if x < 0:
-        x = 0.0
-    y_low, x_low = int(y), int(x)
-    if y_low >= height - 1:
-        y_high = y_low = height - 1
-        y = float(y_low)
-    else:
-        y_high = y_low + 1
-    if x_low >= width - 1:
-        x_high = x_low = width - 1
-        x = float(x_low)
-    else:
-        x_high = x_low + 1
+    """pre_calc_for_bilinear_interpolate, elementwise over arrays of sample coordinates.
+
+    Returns (pos, weight), each (..., 4): the four taps of every sample (weights 0 for a
+    sample outside ``[-1, H] x [-1, W]``)."""
+    empty = (y < -1.0) | (y > height) | (x < -1.0) | (x > width)
+    y = np.where(y < 0, 0.0, y)
+    x = np.where(x < 0, 0.0, x)
+    y_low, x_low = y.astype(np.int64), x.astype(np.int64)  # (int)y: y >= 0 here
+    y_last, x_last = y_low >= height - 1, x_low >= width - 1
+    y_low = np.where(y_last, height - 1, y_low)
+    y_high = np.where(y_last, height - 1, y_low + 1)
+    y = np.where(y_last, y_low.astype(np.float64), y)
+    x_low = np.where(x_last, width - 1, x_low)
+    x_high = np.where(x_last, width - 1, x_low + 1)
+    x = np.where(x_last, x_low.astype(np.float64), x)
     ly, lx = y - y_low, x - x_low
     hy, hx = 1.0 - ly, 1.0 - lx
-    return [
-        (y_low * width + x_low, hy * hx),
-        (y_low * width + x_high, hy * lx),
-        (y_high * width + x_low, ly * hx),
-        (y_high * width + x_high, ly * lx),
-    ]
+    pos = np.stack([y_low * width + x_low, y_low * width + x_high, y_high * width + x_low, y_high * width + x_high], -1)
+    weight = np.stack([hy * hx, hy * lx, ly * hx, ly * lx], -1)
+    return np.where(empty[..., None], 0, pos), np.where(empty[..., None], 0.0, weight)
 
 
 def roi_align_rotated_reference(input, rois, output_size, spatial_scale, sampling_ratio):
@@ -89,26 +85,25 @@ def roi_align_rotated_reference(input, rois, output_size, spatial_scale, samplin
         grid_w = sampling_ratio if sampling_ratio > 0 else math.ceil(roi_width / pooled_w)
         count = max(grid_h * grid_w, 1)
         roi_start_h, roi_start_w = -roi_height / 2.0, -roi_width / 2.0
-        for ph in range(pooled_h):
-            for pw in range(pooled_w):
-                bin_index = (n * pooled_h + ph) * pooled_w + pw
-                for iy in range(grid_h):
-                    yy = roi_start_h + ph * bin_size_h + (iy + 0.5) * bin_size_h / grid_h
-                    for ix in range(grid_w):
-                        xx = roi_start_w + pw * bin_size_w + (ix + 0.5) * bin_size_w / grid_w
-                        y = yy * cos_theta - xx * sin_theta + roi_center_h
-                        xs = yy * sin_theta + xx * cos_theta + roi_center_w
-                        for pos, w in _bilinear_taps(H, W, y, xs):
-                            out_index.append(bin_index)
-                            batch_index.append(roi_batch_ind)
-                            pixel.append(pos)
-                            weight.append(w / count)
+        # the kernel's loops "for ph, for pw, for iy, for ix" as array axes (ph, pw, iy, ix)
+        ph, pw, iy, ix = np.meshgrid(np.arange(pooled_h), np.arange(pooled_w), np.arange(grid_h),
+                                     np.arange(grid_w), indexing="ij")
+        yy = roi_start_h + ph * bin_size_h + (iy + 0.5) * bin_size_h / grid_h
+        xx = roi_start_w + pw * bin_size_w + (ix + 0.5) * bin_size_w / grid_w
+        y = yy * cos_theta - xx * sin_theta + roi_center_h
+        xs = yy * sin_theta + xx * cos_theta + roi_center_w
+        pos, w = _bilinear_taps(H, W, y, xs)  # (ph, pw, iy, ix, 4)
+        bins = (n * pooled_h + ph) * pooled_w + pw
+        out_index.append(np.broadcast_to(bins[..., None], pos.shape).ravel())
+        batch_index.append(np.full(pos.size, roi_batch_ind))
+        pixel.append(pos.ravel())
+        weight.append((w / count).ravel())
     R = rois.shape[0]
     out = x.new_zeros(R * pooled_h * pooled_w, C)
     if out_index:
-        taps = x.reshape(N, C, H * W)[torch.tensor(batch_index), :, torch.tensor(pixel)]  # (S, C)
-        taps = taps * torch.tensor(weight, dtype=torch.float64)[:, None]
-        out = out.index_add(0, torch.tensor(out_index), taps)
+        cat = lambda parts: torch.from_numpy(np.concatenate(parts))  # noqa: E731
+        taps = x.reshape(N, C, H * W)[cat(batch_index), :, cat(pixel)]  # (S, C)
+        out = out.index_add(0, cat(out_index), taps * cat(weight)[:, None])
     return out.view(R, pooled_h, pooled_w, C).permute(0, 3, 1, 2).contiguous()
 
 
