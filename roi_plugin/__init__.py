@@ -17,6 +17,7 @@ from .roi_heads import GridSampleROIHeads, PluginROIHeads, build_plugin_pooler
 from .layers.rotated_ops import register_rotated_ops
 
 register_rotated_ops()  # no-op where detectron2's compiled _C provides the operators
+from .rotated_heads import PluginRROIHeads, RotatedFastRCNNPredictor  # registration
 
 __version__ = "0.1.0"
 
@@ -31,4 +32,7 @@ __all__ = [
     "PluginROIHeads",
     "GridSampleROIHeads",
     "build_plugin_pooler",
+    "PluginRROIHeads",
+    "RotatedFastRCNNPredictor",
+    "register_rotated_ops",
 ]

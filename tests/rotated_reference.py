@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.nn.modules.utils import _pair
 
-__all__ = ["roi_align_rotated_reference", "ReferenceROIAlignRotated"]
+__all__ = ["roi_align_rotated_reference", "ReferenceROIAlignRotated", "reference_level_pooler"]
 
 
 def _bilinear_taps(height, width, y, x):
@@ -119,3 +119,18 @@ class ReferenceROIAlignRotated(nn.Module):
     def forward(self, input, rois):
         assert rois.dim() == 2 and rois.size(1) == 6
         return roi_align_rotated_reference(input, rois, self.output_size, self.spatial_scale, self.sampling_ratio)
+
+
+class _CastBack(nn.Module):
+    def __init__(self, op):
+        super().__init__()
+        self.op = op
+
+    def forward(self, x, rois):
+        return self.op(x, rois).to(x.dtype)
+
+
+def reference_level_pooler(d2_module):
+    """The reference with the settings of a ``detectron2.layers.ROIAlignRotated`` module, output
+    cast to the features' dtype: a stand-in for one level of Detectron2's ``ROIPooler`` in tests."""
+    return _CastBack(ReferenceROIAlignRotated(d2_module.output_size, d2_module.spatial_scale, d2_module.sampling_ratio))

@@ -18,7 +18,6 @@ expected values and tolerances are otherwise detectron2's.
 import logging
 import unittest
 import torch
-from torch import nn
 
 from detectron2.config import get_cfg
 from detectron2.layers import ShapeSpec
@@ -29,23 +28,9 @@ from detectron2.structures import ImageList, Instances, RotatedBoxes
 from detectron2.utils.events import EventStorage
 
 import roi_plugin  # noqa: F401  (registers detectron2::box_iou_rotated / nms_rotated)
-from rotated_reference import ReferenceROIAlignRotated
+from rotated_reference import reference_level_pooler
 
 logger = logging.getLogger(__name__)
-
-
-class _CastBack(nn.Module):
-    def __init__(self, op):
-        super().__init__()
-        self.op = op
-
-    def forward(self, x, rois):
-        return self.op(x, rois).to(x.dtype)
-
-
-def reference_level_pooler(d2_module):
-    """The float64 reference with the same settings as detectron2's ROIAlignRotated module."""
-    return _CastBack(ReferenceROIAlignRotated(d2_module.output_size, d2_module.spatial_scale, d2_module.sampling_ratio))
 
 
 class RRPNTest(unittest.TestCase):
