@@ -49,7 +49,8 @@ def _bilinear_taps(height, width, y, x):
     x = np.where(x_last, x_low.astype(np.float64), x)
     ly, lx = y - y_low, x - x_low
     hy, hx = 1.0 - ly, 1.0 - lx
-    pos = np.stack([y_low * width + x_low, y_low * width + x_high, y_high * width + x_low, y_high * width + x_high], -1)
+    pos = np.stack([y_low * width + x_low, y_low * width + x_high,
+                    y_high * width + x_low, y_high * width + x_high], -1)
     weight = np.stack([hy * hx, hy * lx, ly * hx, ly * lx], -1)
     return np.where(empty[..., None], 0, pos), np.where(empty[..., None], 0.0, weight)
 
@@ -118,7 +119,9 @@ class ReferenceROIAlignRotated(nn.Module):
 
     def forward(self, input, rois):
         assert rois.dim() == 2 and rois.size(1) == 6
-        return roi_align_rotated_reference(input, rois, self.output_size, self.spatial_scale, self.sampling_ratio)
+        return roi_align_rotated_reference(
+            input, rois, self.output_size, self.spatial_scale, self.sampling_ratio
+        )
 
 
 class _CastBack(nn.Module):
@@ -133,4 +136,6 @@ class _CastBack(nn.Module):
 def reference_level_pooler(d2_module):
     """The reference with the settings of a ``detectron2.layers.ROIAlignRotated`` module, output
     cast to the features' dtype: a stand-in for one level of Detectron2's ``ROIPooler`` in tests."""
-    return _CastBack(ReferenceROIAlignRotated(d2_module.output_size, d2_module.spatial_scale, d2_module.sampling_ratio))
+    return _CastBack(
+        ReferenceROIAlignRotated(d2_module.output_size, d2_module.spatial_scale, d2_module.sampling_ratio)
+    )

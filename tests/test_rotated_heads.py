@@ -18,7 +18,13 @@ from detectron2.utils.events import EventStorage
 
 from rotated_reference import reference_level_pooler
 
-from roi_plugin import SAMPLERS, PluginRROIHeads, ROIAlignPooler, RotatedFastRCNNPredictor, add_roi_plugin_config
+from roi_plugin import (
+    SAMPLERS,
+    PluginRROIHeads,
+    ROIAlignPooler,
+    RotatedFastRCNNPredictor,
+    add_roi_plugin_config,
+)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(REPO, "configs", "rotated")
@@ -99,7 +105,8 @@ def test_rotated_predictor_is_detectron2_rotated_layers_with_plugin_init():
     proposals.gt_classes = torch.tensor([0, 1, 2, 3, 0, 3])
     preds_ours, preds_theirs = ours(x), theirs(x)
     with EventStorage():
-        losses_ours, losses_theirs = ours.losses(preds_ours, [proposals]), theirs.losses(preds_theirs, [proposals])
+        losses_ours = ours.losses(preds_ours, [proposals])
+        losses_theirs = theirs.losses(preds_theirs, [proposals])
     assert losses_ours["loss_box_reg"] > 0
     for k in ("loss_cls", "loss_box_reg"):
         torch.testing.assert_close(losses_ours[k], losses_theirs[k])
@@ -110,11 +117,12 @@ def test_rotated_predictor_is_detectron2_rotated_layers_with_plugin_init():
     torch.testing.assert_close(det_ours.pred_boxes.tensor, det_theirs.pred_boxes.tensor)
 
 
-def test_builtin_rroi_heads_trains_and_infers_with_reference_pooler():
+def test_builtin_rroi_heads_trains_and_infers_with_reference_pooler(tmp_path, monkeypatch):
     """The builtin twin: Detectron2's own RROIHeads, whose ROIPooler's ROIAlignRotated levels
     need _C. With the float64 reference in their place (in this model instance only), the rest
     (matching with box_iou_rotated, rotated losses, inference with batched rotated NMS, on top of
     RRPN) trains and infers on CPU."""
+    monkeypatch.chdir(tmp_path)  # the config loads from any working directory
     torch.manual_seed(0)
     model = build_model(rotated_cfg("rrcnn_R_18_FPN_builtin.yaml"))
     assert type(model.roi_heads).__name__ == "RROIHeads"
@@ -133,7 +141,8 @@ def test_builtin_rroi_heads_trains_and_infers_with_reference_pooler():
 
 
 @pytest.mark.parametrize("sampler", SAMPLERS)
-def test_plugin_rroi_heads_trains_and_infers(sampler):
+def test_plugin_rroi_heads_trains_and_infers(sampler, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the config loads from any working directory
     cfg = rotated_cfg("rrcnn_R_18_FPN_plugin.yaml", "MODEL.ROI_PLUGIN.SAMPLER", sampler)
     torch.manual_seed(0)
     try:

@@ -64,10 +64,11 @@ def test_closed_form_octagon_and_cross(offset):
     # a square and its 45-degree turn about the same centre meet in a regular octagon:
     # area (2*sqrt(2) - 2) a^2, so IoU = (2*sqrt(2) - 2) / (4 - 2*sqrt(2)) = 1/sqrt(2)
     # two 10x6 boxes crossing at right angles: I = 36, U = 84
-    boxes1 = torch.tensor([[offset + 3, offset - 2, 7.0, 7.0, 10.0], [offset, offset, 10.0, 6.0, 33.0]], dtype=torch.float64)
-    boxes2 = torch.tensor([[offset + 3, offset - 2, 7.0, 7.0, 55.0], [offset, offset, 10.0, 6.0, 123.0]], dtype=torch.float64)
+    f64 = torch.float64
+    boxes1 = torch.tensor([[offset + 3, offset - 2, 7, 7, 10], [offset, offset, 10, 6, 33]], dtype=f64)
+    boxes2 = torch.tensor([[offset + 3, offset - 2, 7, 7, 55], [offset, offset, 10, 6, 123]], dtype=f64)
     iou = pairwise_iou_rotated_float64(boxes1, boxes2).diagonal()
-    torch.testing.assert_close(iou, torch.tensor([1 / math.sqrt(2), 36 / 84], dtype=torch.float64), atol=1e-9, rtol=0)
+    torch.testing.assert_close(iou, torch.tensor([1 / math.sqrt(2), 36 / 84], dtype=f64), atol=1e-9, rtol=0)
 
 
 def _corners_d2_visualizer(box):
@@ -76,7 +77,8 @@ def _corners_d2_visualizer(box):
     theta = angle * math.pi / 180.0
     c, s = math.cos(theta), math.sin(theta)
     rect = [(-w / 2, h / 2), (-w / 2, -h / 2), (w / 2, -h / 2), (w / 2, h / 2)]
-    return torch.tensor([(s * yy + c * xx + cx, c * yy - s * xx + cy) for (xx, yy) in rect], dtype=torch.float64)
+    corners = [(s * yy + c * xx + cx, c * yy - s * xx + cy) for (xx, yy) in rect]
+    return torch.tensor(corners, dtype=torch.float64)
 
 
 def _inside(points, corners):
@@ -171,7 +173,8 @@ def greedy_nms_reference(boxes, scores, thr):
 def test_nms_matches_greedy_reference(thr):
     g = torch.Generator().manual_seed(9)
     base = random_rotated(100, 8, spread=60.0)
-    jitter = base + torch.randn(100, 5, generator=g, dtype=torch.float64) * torch.tensor([1, 1, 1, 1, 5.0], dtype=torch.float64)
+    noise = torch.randn(100, 5, generator=g, dtype=torch.float64)
+    jitter = base + noise * torch.tensor([1, 1, 1, 1, 5.0], dtype=torch.float64)
     boxes = torch.cat([base, jitter]).float()  # IoUs spread over (0, 1)
     scores = (torch.rand(200, generator=g) * 20).round() / 20  # many ties
     keep = nms_rotated(boxes, scores, thr)

@@ -191,7 +191,9 @@ def _pair_iou(b1: torch.Tensor, b2: torch.Tensor) -> torch.Tensor:
 
 def _check_boxes(boxes: torch.Tensor, name: str) -> None:
     if boxes.dim() != 2 or boxes.shape[1] != 5:
-        raise ValueError(f"{name} must be (N, 5) rotated boxes (x_ctr, y_ctr, w, h, angle), got shape {tuple(boxes.shape)}")
+        raise ValueError(
+            f"{name} must be (N, 5) rotated boxes (x_ctr, y_ctr, w, h, angle), got shape {tuple(boxes.shape)}"
+        )
     if not boxes.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor, got {boxes.dtype}")
 
