@@ -35,7 +35,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # tests/test_rotated_heads.py
 CONFIGS = sorted(
     p for p in glob.glob(os.path.join(REPO, "configs", "**", "*.yaml"), recursive=True)
-    if os.sep + "rotated" + os.sep not in p
+    if os.path.relpath(p, os.path.join(REPO, "configs")).split(os.sep)[0] != "rotated"
 )
 
 
