@@ -2,7 +2,10 @@
 """roi_plugin: a from-scratch Faster/Mask R-CNN ROI head for Detectron2.
 
 Importing this package registers ``PluginROIHeads`` and ``GridSampleROIHeads`` in
-``ROI_HEADS_REGISTRY`` and ``TwoMLPHead`` in ``ROI_BOX_HEAD_REGISTRY``.
+``ROI_HEADS_REGISTRY`` and ``TwoMLPHead`` in ``ROI_BOX_HEAD_REGISTRY``. It also defines the
+operators ``detectron2::box_iou_rotated`` / ``detectron2::nms_rotated`` in pure PyTorch where
+Detectron2 has no compiled ``_C`` (see ``roi_plugin/layers/rotated_ops.py``), and registers
+``PluginRROIHeads`` for rotated boxes.
 """
 from .config import add_roi_plugin_config
 from .layers import SAMPLERS, GridSampleROIPooler, ROIAlignPooler, assign_boxes_to_levels
@@ -11,6 +14,10 @@ from . import box_head as _  # registration
 from . import roi_heads as _  # registration  # noqa: F811
 from .box_head import TwoMLPHead
 from .roi_heads import GridSampleROIHeads, PluginROIHeads, build_plugin_pooler
+from .layers.rotated_ops import register_rotated_ops
+
+register_rotated_ops()  # no-op where detectron2's compiled _C provides the operators
+from .rotated_heads import PluginRROIHeads, RotatedFastRCNNPredictor  # registration
 
 __version__ = "0.1.0"
 
@@ -25,4 +32,7 @@ __all__ = [
     "PluginROIHeads",
     "GridSampleROIHeads",
     "build_plugin_pooler",
+    "PluginRROIHeads",
+    "RotatedFastRCNNPredictor",
+    "register_rotated_ops",
 ]
