@@ -755,7 +755,9 @@ class ROIAlignPooler(nn.Module):
         inverse = torch.empty(num_rois, dtype=torch.int64, device=x[0].device)
         cat_order = torch.cat(order)
         inverse[cat_order] = torch.arange(num_rois, device=cat_order.device)
-        return torch.cat(pieces)[inverse].to(x[0].dtype)
+        # contiguous NCHW like ROIPooler: the pieces are channels-last views, and a channels-last
+        # result would propagate through the heads' convs (keypoint loss .view()s the logits).
+        return torch.cat(pieces)[inverse].to(x[0].dtype).contiguous()
 
     # ------------------------------------------------------------------ export path
     def _grid_sample_static(
