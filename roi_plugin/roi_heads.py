@@ -71,9 +71,11 @@ class _PluginHooks:
     conversion of keyword-built modules in ``__init__``."""
 
     _pooler_keys = ("box_pooler", "mask_pooler", "keypoint_pooler")
-    # Keywords that only another family takes -> the plugin class for that family.
-    _other_families = {"pooler": "PluginRes5ROIHeads", "res5": "PluginRes5ROIHeads",
-                       "box_heads": "PluginCascadeROIHeads", "box_predictors": "PluginCascadeROIHeads"}
+    # Keywords that only one family takes, by plugin class of that family.
+    _family_keys = {"PluginROIHeads": ("box_head",),
+                    "PluginCascadeROIHeads": ("box_heads", "box_predictors"),
+                    "PluginRes5ROIHeads": ("pooler", "res5")}
+    _family = "PluginROIHeads"
 
     @configurable
     def __init__(self, *, sampler: str = "gather", **kwargs):
@@ -86,10 +88,11 @@ class _PluginHooks:
         """
         if sampler not in SAMPLERS:
             raise ValueError(f"sampler {sampler!r} is not supported; use one of {SAMPLERS}")
-        name = type(self).__name__
-        for key, right in self._other_families.items():
-            if key in kwargs and right != name and key not in self._own_keys():
-                raise TypeError(f"{name} got {key}=, a keyword of another ROI-heads family: use {right}")
+        for family, keys in self._family_keys.items():
+            wrong = [k for k in keys if k in kwargs and k not in self._family_keys[self._family]]
+            if wrong:
+                raise TypeError(f"{type(self).__name__} got {wrong[0]}=, a keyword of another ROI-heads "
+                                f"family: use {family}")
         for key in self._pooler_keys:
             if key in kwargs:
                 kwargs[key] = to_plugin_pooler(kwargs[key], sampler)
@@ -98,10 +101,6 @@ class _PluginHooks:
         if "box_predictors" in kwargs:
             kwargs["box_predictors"] = [to_plugin_predictor(p) for p in kwargs["box_predictors"]]
         super().__init__(**kwargs)
-
-    @classmethod
-    def _own_keys(cls):
-        return ()
 
     @classmethod
     def from_config(cls, cfg, input_shape):
@@ -170,9 +169,7 @@ class PluginCascadeROIHeads(_PluginHooks, CascadeROIHeads):
     and a :class:`FastRCNNPredictor` per stage, each keeping its stage's box2box weights.
     Each stage keeps its own box head (``MODEL.ROI_BOX_HEAD.NAME``)."""
 
-    @classmethod
-    def _own_keys(cls):
-        return ("box_heads", "box_predictors")
+    _family = "PluginCascadeROIHeads"
 
     @classmethod
     def _init_box_head(cls, cfg, input_shape):
@@ -191,10 +188,7 @@ class PluginRes5ROIHeads(_PluginHooks, Res5ROIHeads):
     res5 block and the mask head (which pools nothing itself) are Detectron2's."""
 
     _pooler_keys = ("pooler",)
-
-    @classmethod
-    def _own_keys(cls):
-        return ("pooler", "res5")
+    _family = "PluginRes5ROIHeads"
 
     @classmethod
     def from_config(cls, cfg, input_shape):
