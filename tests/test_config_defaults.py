@@ -58,7 +58,8 @@ def test_gn_config_keeps_its_box_head_and_two_mlp_head_refuses_it():
     # The README: keep the config's own box head unless it is 2 FC and no conv. GN configs
     # have 4 convs + 1 FC: the swap of ROI_HEADS.NAME alone builds ...
     cfg = _stock_cfg("Misc/mask_rcnn_R_50_FPN_3x_gn.yaml", "MODEL.ROI_HEADS.NAME", "PluginROIHeads",
-                     "MODEL.ROI_BOX_HEAD.CONV_DIM", 16, "MODEL.ROI_MASK_HEAD.CONV_DIM", 16)
+                     "MODEL.ROI_BOX_HEAD.CONV_DIM", 32, "MODEL.ROI_MASK_HEAD.CONV_DIM", 32,
+                     "MODEL.FPN.OUT_CHANNELS", 32)
     model = build_model(cfg)
     assert isinstance(model.roi_heads.box_pooler, ROIAlignPooler)
     assert type(model.roi_heads.box_head).__name__ == "FastRCNNConvFCHead"

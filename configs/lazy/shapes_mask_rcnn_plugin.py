@@ -30,7 +30,7 @@ model.pixel_std = [64.0, 64.0, 64.0]
 model.backbone.bottom_up.stem.norm = "GN"
 model.backbone.bottom_up.stages.norm = "GN"
 model.backbone.bottom_up.stages.depth = 18
-model.backbone.bottom_up.stages.stride_in_1x1 = False
+del model.backbone.bottom_up.stages.stride_in_1x1  # BasicBlock (R18) has no such argument
 model.backbone.bottom_up.freeze_at = 0
 model.backbone.norm = "GN"
 model.backbone.out_channels = _channels
