@@ -67,3 +67,20 @@ def test_gn_config_keeps_its_box_head_and_two_mlp_head_refuses_it():
     cfg.MODEL.ROI_BOX_HEAD.NAME = "TwoMLPHead"
     with pytest.raises(ValueError, match="NUM_FC: 2"):
         build_model(cfg)
+
+
+@pytest.mark.parametrize("name,heads", [
+    ("mask_rcnn_R_50_FPN_1x_plugin.yaml", "PluginROIHeads"),
+    ("mask_rcnn_R_50_C4_1x_plugin.yaml", "PluginRes5ROIHeads"),
+    ("cascade_mask_rcnn_R_50_FPN_1x_plugin.yaml", "PluginCascadeROIHeads"),
+])
+def test_shipped_family_configs_build_with_the_plugin_only(name, heads):
+    from roi_plugin.model_zoo import leftover_builtin_modules
+    cfg = get_cfg()
+    add_roi_plugin_config(cfg)
+    cfg.merge_from_file(os.path.join(REPO, "configs", name))
+    cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", "MODEL.RESNETS.WIDTH_PER_GROUP", 16,
+                         "MODEL.RESNETS.RES2_OUT_CHANNELS", 64, "MODEL.FPN.OUT_CHANNELS", 16])
+    model = build_model(cfg)
+    assert type(model.roi_heads).__name__ == heads and not leftover_builtin_modules(model)
+    assert any(isinstance(m, ROIAlignPooler) for m in model.modules())
