@@ -31,8 +31,9 @@ def cell(res):
 
 
 def write_md(rows, path, tiny):
-    ok = sum(row_ok(r) for r in rows)
+    ok = sum(row_ok(r) for r in rows if "not_run" not in r)
     skipped = [r for r in rows if "skipped" in r]
+    not_run = [r for r in rows if "not_run" in r]
     lines = [
         "# Model-zoo sweep: the plugin's swap on Detectron2's YAML configs",
         "",
@@ -41,15 +42,18 @@ def write_md(rows, path, tiny):
         "loaded strictly, same detections within 1e-3). Inputs: 2 random images of "
         + ("160-192 px, backbone narrowed to 16 channels per group (`--tiny`)." if tiny else "256-320 px, the config's own architecture."),
         "",
-        f"**{ok} of {len(rows) - len(skipped)} runnable configs pass every check with both samplers; "
-        f"{len(skipped)} skipped.**",
+        f"**{ok} of {len(rows) - len(skipped) - len(not_run)} configs run pass every check with both "
+        f"samplers; {len(skipped)} skipped; {len(not_run)} not run yet (interrupted sweep: rerun the "
+        "command, it resumes).**",
         "",
         "| config | family | plugin class | " + " | ".join(SAMPLERS) + " | seconds |",
         "| --- | --- | --- | " + " | ".join("---" for _ in SAMPLERS) + " | ---: |",
     ]
     for r in rows:
-        if "skipped" in r:
-            lines.append(f"| {r['config']} | {r['family']} | - | " + " | ".join(
+        if "not_run" in r:
+            lines.append(f"| {r['config']} | - | - | " + " | ".join("not run" for _ in SAMPLERS) + " | - |")
+        elif "skipped" in r:
+            lines.append(f"| {r['config']} | - | - | " + " | ".join(
                 f"skipped: {r['skipped']}" for _ in SAMPLERS) + f" | {r['seconds']:.0f} |")
         else:
             lines.append(f"| {r['config']} | {r['family']} | {r['plugin']} | "
@@ -63,6 +67,7 @@ def main(argv=None):
     p.add_argument("--tiny", action="store_true", help="narrow the backbones (CI-sized models)")
     p.add_argument("--only", nargs="*", help="config names relative to the model zoo's configs/")
     p.add_argument("--output", default=os.path.join(REPO, "results", "model_zoo.md"))
+    p.add_argument("--max-minutes", type=float, default=0, help="stop starting configs after this long")
     p.add_argument("--fresh", action="store_true", help="ignore rows of an earlier run")
     args = p.parse_args(argv)
     names = args.only or zoo_configs()
@@ -73,7 +78,7 @@ def main(argv=None):
             done = {r["config"]: r for r in map(json.loads, f)}
     t0 = time.time()
     for i, name in enumerate(names):
-        if name in done:
+        if name in done or (args.max_minutes and time.time() - t0 > 60 * args.max_minutes):
             continue
         row = check_config(name, tiny=args.tiny)
         done[name] = row
@@ -82,10 +87,10 @@ def main(argv=None):
         status = row.get("skipped") or ("ok" if row_ok(row) else "FAILED")
         print(f"[{i + 1}/{len(names)}] {name}: {status} ({row['seconds']:.0f} s, "
               f"{time.time() - t0:.0f} s elapsed)", flush=True)
-    rows = [done[n] for n in names if n in done]
+    rows = [done.get(n, {"config": n, "not_run": True}) for n in names]
     write_md(rows, args.output, args.tiny)
     print(f"wrote {args.output}")
-    return 0 if all(row_ok(r) or "skipped" in r for r in rows) else 1
+    return 0 if all(row_ok(r) or "skipped" in r for r in rows if "not_run" not in r) else 1
 
 
 if __name__ == "__main__":
