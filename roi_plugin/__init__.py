@@ -1,19 +1,27 @@
 # Copyright (c) roi_plugin authors. Licensed under the Apache License 2.0.
 """roi_plugin: a from-scratch Faster/Mask R-CNN ROI head for Detectron2.
 
-Importing this package registers ``PluginROIHeads`` and ``GridSampleROIHeads`` in
+Importing this package registers ``PluginROIHeads``, ``GridSampleROIHeads``,
+``PluginCascadeROIHeads``, ``PluginRes5ROIHeads`` and ``PluginRROIHeads`` (rotated boxes) in
 ``ROI_HEADS_REGISTRY`` and ``TwoMLPHead`` in ``ROI_BOX_HEAD_REGISTRY``. It also defines the
 operators ``detectron2::box_iou_rotated`` / ``detectron2::nms_rotated`` in pure PyTorch where
-Detectron2 has no compiled ``_C`` (see ``roi_plugin/layers/rotated_ops.py``), and registers
-``PluginRROIHeads`` for rotated boxes.
+Detectron2 has no compiled ``_C`` (see ``roi_plugin/layers/rotated_ops.py``).
 """
-from .config import add_roi_plugin_config
+from .config import add_roi_plugin_config, roi_plugin_cfg
 from .layers import SAMPLERS, GridSampleROIPooler, ROIAlignPooler, assign_boxes_to_levels
 from .predictor import FastRCNNPredictor
 from . import box_head as _  # registration
 from . import roi_heads as _  # registration  # noqa: F811
 from .box_head import TwoMLPHead
-from .roi_heads import GridSampleROIHeads, PluginROIHeads, build_plugin_pooler
+from .roi_heads import (
+    PLUGIN_HEADS,
+    GridSampleROIHeads,
+    PluginCascadeROIHeads,
+    PluginRes5ROIHeads,
+    PluginROIHeads,
+    build_plugin_pooler,
+)
+from .convert import pooler_from_roi_pooler, predictor_from_output_layers
 from .layers.rotated_ops import register_rotated_ops
 
 register_rotated_ops()  # no-op where detectron2's compiled _C provides the operators
@@ -31,8 +39,14 @@ __all__ = [
     "FastRCNNPredictor",
     "PluginROIHeads",
     "GridSampleROIHeads",
+    "PluginCascadeROIHeads",
+    "PluginRes5ROIHeads",
+    "PLUGIN_HEADS",
     "build_plugin_pooler",
     "PluginRROIHeads",
     "RotatedFastRCNNPredictor",
     "register_rotated_ops",
+    "pooler_from_roi_pooler",
+    "predictor_from_output_layers",
+    "roi_plugin_cfg",
 ]

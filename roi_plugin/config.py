@@ -1,6 +1,8 @@
 # Copyright (c) roi_plugin authors. Licensed under the Apache License 2.0.
 from detectron2.config import CfgNode as CN
 
+__all__ = ["add_roi_plugin_config", "roi_plugin_cfg"]
+
 
 def add_roi_plugin_config(cfg):
     """Add the config keys of roi_plugin under ``cfg.MODEL.ROI_PLUGIN``.
@@ -22,3 +24,19 @@ def add_roi_plugin_config(cfg):
     _C.MODEL.ROI_PLUGIN.CLS_SCORE_INIT_STD = 0.01
     # Std of the normal init of the predictor's box-regression layer (bias 0).
     _C.MODEL.ROI_PLUGIN.BBOX_PRED_INIT_STD = 0.001
+
+
+def roi_plugin_cfg(cfg) -> CN:
+    """``cfg.MODEL.ROI_PLUGIN``, or the defaults of :func:`add_roi_plugin_config` when the config
+    never had them added (e.g. Detectron2's stock ``train_net.py`` with ``import roi_plugin``).
+
+    A config that sets ``MODEL.ROI_PLUGIN.*`` keys must call ``add_roi_plugin_config(cfg)``
+    before merging (YACS rejects unknown keys); one that only names the plugin heads gets the
+    documented defaults.
+    """
+    model = cfg.MODEL
+    if "ROI_PLUGIN" in model:
+        return model.ROI_PLUGIN
+    defaults = CN({"MODEL": CN()})
+    add_roi_plugin_config(defaults)
+    return defaults.MODEL.ROI_PLUGIN

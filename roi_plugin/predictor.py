@@ -4,6 +4,8 @@ from torch import nn
 from detectron2.config import configurable
 from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
 
+from .config import roi_plugin_cfg
+
 __all__ = ["FastRCNNPredictor"]
 
 
@@ -35,6 +37,7 @@ class FastRCNNPredictor(FastRCNNOutputLayers):
     @classmethod
     def from_config(cls, cfg, input_shape):
         ret = super().from_config(cfg, input_shape)
-        ret["cls_score_std"] = cfg.MODEL.ROI_PLUGIN.CLS_SCORE_INIT_STD
-        ret["bbox_pred_std"] = cfg.MODEL.ROI_PLUGIN.BBOX_PRED_INIT_STD
+        plugin = roi_plugin_cfg(cfg)
+        ret["cls_score_std"] = plugin.CLS_SCORE_INIT_STD
+        ret["bbox_pred_std"] = plugin.BBOX_PRED_INIT_STD
         return ret

@@ -148,7 +148,7 @@ def build_pooler(impl: str, case: Case, image_hw):
         return ROIPooler(case.output, SCALES, case.ratio, "ROIAlignV2")
     if impl == "notebook":
         return NotebookPooler(case.output, case.ratio, image_hw)
-    from roi_plugin.pooler import ROIAlignPooler
+    from roi_plugin import ROIAlignPooler
 
     return ROIAlignPooler(case.output, SCALES, case.ratio, "ROIAlignV2", sampler=impl)
 

@@ -81,7 +81,9 @@ def grid_sample_roi_align(
     inverse = torch.empty(num_rois, dtype=torch.int64, device=x[0].device)
     cat_order = torch.cat(order)
     inverse[cat_order] = torch.arange(num_rois, device=cat_order.device)
-    out = torch.cat(pieces)[inverse].to(x[0].dtype)
+    # Contiguous NCHW, as ROIPooler returns: the pieces are channels-last views, and a
+    # channels-last result would carry through the heads' convs (the keypoint loss .view()s).
+    out = torch.cat(pieces)[inverse].to(x[0].dtype).contiguous()
     if torch.is_grad_enabled() and not out.requires_grad and any(f.requires_grad for f in x):
         # Only ROIs without samples (empty aligned boxes): zeros, which torchvision's kernel
         # still returns in the graph (zero gradient). An empty sum of a map adds exactly 0.
