@@ -7,6 +7,7 @@ those hooks only, replacing the built-in ``ROIPooler`` by :class:`ROIAlignPooler
 the predictor by :class:`FastRCNNPredictor`; training/inference code (``_forward_box``,
 proposal sampling, losses) is Detectron2's.
 """
+import torch
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, StandardROIHeads
 
 from .pooler import ROIAlignPooler
@@ -40,7 +41,15 @@ class PluginROIHeads(StandardROIHeads):
 
     The sampler is ``MODEL.ROI_PLUGIN.SAMPLER``; the box head is whatever
     ``MODEL.ROI_BOX_HEAD.NAME`` names (``TwoMLPHead`` or a built-in).
+
+    Scripting (``detectron2.export.scripting_with_instances``): the poolers script to their
+    static path (same values as eager). ``mask_on``/``keypoint_on`` are TorchScript constants, as
+    Detectron2's export patch makes them for ``StandardROIHeads`` itself (from Python 3.10 a
+    subclass does not see its base's class annotations), so branches that are off compile away.
     """
+
+    mask_on: torch.jit.Final[bool]
+    keypoint_on: torch.jit.Final[bool]
 
     @classmethod
     def _sampler(cls, cfg) -> str:
@@ -78,6 +87,9 @@ class GridSampleROIHeads(PluginROIHeads):
 
     The notebook's design, made exact; ``MODEL.ROI_PLUGIN.SAMPLER`` does not apply to it.
     """
+
+    mask_on: torch.jit.Final[bool]
+    keypoint_on: torch.jit.Final[bool]
 
     @classmethod
     def _sampler(cls, cfg) -> str:
