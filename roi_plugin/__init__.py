@@ -5,7 +5,7 @@ Importing this package registers ``PluginROIHeads`` and ``GridSampleROIHeads`` i
 ``ROI_HEADS_REGISTRY`` and ``TwoMLPHead`` in ``ROI_BOX_HEAD_REGISTRY``.
 """
 from .config import add_roi_plugin_config
-from .pooler import SAMPLERS, GridSampleROIPooler, ROIAlignPooler, assign_boxes_to_levels
+from .layers import SAMPLERS, GridSampleROIPooler, ROIAlignPooler, assign_boxes_to_levels
 from .predictor import FastRCNNPredictor
 from . import box_head as _  # registration
 from . import roi_heads as _  # registration  # noqa: F811

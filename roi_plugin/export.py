@@ -6,9 +6,9 @@ of images. These wrappers take Detectron2's pooler format instead, one (K, 5) te
 ``batch_index, x1, y1, x2, y2``, and call a static-shape path, so the number of ROIs *and* of
 images are dynamic axes of the exported graph. ``tools/export_onnx.py`` uses them. Two paths:
 
-* ``"roi_align"`` (default, :func:`roi_align_levels`): ONNX ``RoiAlign`` per level, exact at
+* ``"roi_align"`` (default, :meth:`ROIAlignPooler._roi_align_static`): ONNX ``RoiAlign`` per level, exact at
   every sampling ratio, adaptive included.
-* ``"grid_sample"`` (:meth:`ROIAlignPooler._grid_sample_static`): ONNX ``GridSample`` only (no
+* ``"grid_sample"`` (:func:`roi_plugin.layers.static.grid_sample_static`): ONNX ``GridSample`` only (no
   ``RoiAlign``), for runtimes without it; under adaptive sampling it lays out at most
   ``max_grid`` samples per bin and axis, so ROIs needing more differ from eager.
 """
@@ -16,63 +16,11 @@ images are dynamic axes of the exported graph. ``tools/export_onnx.py`` uses the
 from typing import List, Sequence, Tuple
 
 import torch
-import torchvision
 from torch import nn
 
-from .pooler import EXPORT_MAX_GRID, ROIAlignPooler, assign_boxes_to_levels
+from .layers import EXPORT_MAX_GRID, ROIAlignPooler
 
-__all__ = ["ExportablePooler", "ExportableBoxBranch", "export_onnx", "boxes_to_rois", "roi_align_levels"]
-
-
-def roi_align_levels(
-    x: List[torch.Tensor],
-    rois: torch.Tensor,
-    output_size: Tuple[int, int],
-    scales: Sequence[float],
-    sampling_ratio: int,
-    aligned: bool,
-    min_level: int,
-    max_level: int,
-    canonical_box_size: float,
-    canonical_level: int,
-) -> torch.Tensor:
-    """Multi-level ROIAlign with static shapes, exact at every sampling ratio (adaptive too).
-
-    The deployment path of :class:`ROIAlignPooler` (trace, ONNX, TorchScript, ``torch.export``,
-    ``torch.compile``). Each level runs ``torchvision.ops.roi_align`` (ONNX ``RoiAlign``, opset
-    16+; the same kernel the eager samplers reproduce) on *all* K ROIs, with the boxes of ROIs
-    routed to other levels replaced by an empty box at the origin (an empty box has a 1x1 grid
-    per bin, whatever the sampling ratio, so it costs K*h*w samples per level), and a ``where`` on
-    the level rule keeps each ROI's own level. No ``nonzero``, no data-dependent shape or Python
-    branch: the number of ROIs and images are dynamic, and adaptive sampling stays adaptive
-    inside ``RoiAlign`` (no ``max_grid`` cap), so the result equals the eager samplers' for
-    every box.
-
-    Args:
-        x: L maps (B, C, H_l, W_l), finest first, matching ``scales``.
-        rois: (K, 5) ``batch_index, x1, y1, x2, y2`` in input-image pixels.
-        the rest: the pooler's geometry (``ROIAlignPooler`` attributes).
-    Returns:
-        (K, C, h, w) in the maps' dtype (sampled in float32, or float64 for float64 maps).
-    """
-    dtype = x[0].dtype
-    compute = torch.float64 if dtype == torch.float64 else torch.float32
-    rois = rois.to(compute)
-    if len(x) == 1:
-        level_of = torch.zeros_like(rois[:, 0], dtype=torch.int64)
-    else:  # routed on float32 coordinates, as Detectron2's Boxes are
-        level_of = assign_boxes_to_levels(
-            rois[:, 1:].float(), min_level, max_level, canonical_box_size, canonical_level
-        )
-    out = torch.zeros(0)
-    for level in range(len(x)):
-        here = (level_of == level)[:, None]
-        level_rois = torch.cat([rois[:, :1], torch.where(here, rois[:, 1:], torch.zeros_like(rois[:, 1:]))], 1)
-        pooled = torchvision.ops.roi_align(
-            x[level].to(compute), level_rois, output_size, scales[level], sampling_ratio, aligned
-        )
-        out = pooled if level == 0 else torch.where(here[:, :, None, None], pooled, out)
-    return out.to(dtype)
+__all__ = ["ExportablePooler", "ExportableBoxBranch", "export_onnx", "boxes_to_rois"]
 
 
 def boxes_to_rois(box_lists: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -124,10 +72,7 @@ class ExportablePooler(nn.Module):
         *features, rois = inputs
         p = self.pooler
         if self.method == "roi_align":
-            return roi_align_levels(
-                list(features), rois, p.output_size, p.scales, p.sampling_ratio, p.aligned,
-                p.min_level, p.max_level, p.canonical_box_size, p.canonical_level,
-            )
+            return p._roi_align_static(list(features), rois)
         return p._grid_sample_static(list(features), rois, self.max_grid)
 
 

@@ -10,7 +10,7 @@ proposal sampling, losses) is Detectron2's.
 import torch
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, StandardROIHeads
 
-from .pooler import ROIAlignPooler
+from .layers import ROIAlignPooler
 from .predictor import FastRCNNPredictor
 
 __all__ = ["PluginROIHeads", "GridSampleROIHeads", "build_plugin_pooler"]

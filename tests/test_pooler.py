@@ -144,7 +144,7 @@ def test_gather_table_of_touched_rows(monkeypatch, touched):
     """The gather sampler copies only the rows its taps touch when that is at most half of the
     sampled levels (a few ROIs, as in the mask head), else whole levels. Both tables give
     ROIPooler's output and feature gradients; untouched rows get a gradient of exactly 0."""
-    from roi_plugin import pooler as pooler_module
+    from roi_plugin.layers import gather_plan as pooler_module
 
     compacted = []
     table_blocks = pooler_module._table_blocks

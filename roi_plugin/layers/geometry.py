@@ -1,0 +1,195 @@
+# Copyright (c) roi_plugin authors. Licensed under the Apache License 2.0.
+"""Geometry: where the sample points of an ROI lie and which pixels each one reads.
+
+Coordinates. A level of stride ``s`` (scale ``1/s``) has its pixel *centres* at integer
+coordinates 0..size-1. A box edge at input pixel ``x`` lies at ``x / s - 0.5`` with
+ROIAlignV2 (``aligned``: input pixel centres map onto level pixel centres) and at ``x / s``
+with the legacy ROIAlign, which also clamps the ROI's extent to at least 1 level pixel.
+
+Samples. The ROI is cut into ``Ph x Pw`` bins and each bin into ``gh x gw`` equal
+sub-bins (``sampling_ratio``, or ``ceil(extent / P)`` per ROI and axis when it is 0); one
+sample sits at the centre of each sub-bin. Along one axis, sample ``i`` of bin ``p`` is
+
+    c = start + p * bin + (i + 0.5) * bin / g,        bin = extent / P,
+
+and the bin's value is the mean of its ``gh * gw`` bilinear samples.
+
+Bilinear taps. With ``c`` clamped to >= 0, ``low = floor(c)``, ``high = low + 1`` and
+``frac = c - low``, the sample reads ``(1 - frac) * f[low] + frac * f[high]``; on the last
+pixel (``low >= size - 1``) both taps are that pixel and ``frac = 0``. In 2-D the four taps
+are the products of the two axes' taps, so the sample grid is separable: each group below
+carries y-samples and x-samples, not ``gh * gw`` points per bin.
+
+Validity. A pixel's bilinear footprint reaches one pixel either side of its centre, so a
+sample with ``c < -1`` or ``c > size`` is read by no pixel: it contributes 0, but still
+counts in the mean's ``1 / (gh * gw)``. One within a pixel of the border reads the border
+pixel (the clamp above). This is the convention of torchvision's ``roi_align`` kernel, the
+one behind Detectron2's ``ROIPooler``, which both samplers reproduce sample for sample.
+"""
+import math
+from typing import List, NamedTuple, Optional, Tuple
+
+import torch
+
+__all__ = ["AxisSamples", "SampleGroup", "LevelSamples", "level_boxes", "axis_samples", "sample_groups"]
+
+
+class AxisSamples(NamedTuple):
+    """The samples of a group of ROIs along one axis, each (n, P, G): ROI, bin, sample.
+
+    ``coord`` is the sample coordinate before clamping, ``low``/``high`` (int64) its two taps
+    and ``w_low``/``w_high`` their weights, which include ``1/g`` of the mean and are 0 for
+    a sample outside the map or past the ROI's own ``g`` (groups lay out ``G >= g``).
+    """
+
+    coord: torch.Tensor
+    low: torch.Tensor
+    high: torch.Tensor
+    w_low: torch.Tensor
+    w_high: torch.Tensor
+
+
+class SampleGroup(NamedTuple):
+    """ROIs of one level sampled together: the interface between geometry and the samplers.
+
+    The sample of ROI ``r``, bin ``(py, px)`` and sub-bin ``(i, j)`` is at
+    ``(ys.coord[r, py, i], xs.coord[r, px, j])`` and has weight
+    ``(ys.w_low + ys.w_high)[r, py, i] * (xs.w_low + xs.w_high)[r, px, j]``. A non-separable
+    geometry (rotated boxes) would carry samples of shape (n, Ph, Pw, gh, gw) instead; the
+    samplers broadcast the two axes in one place each (``gather_plan._group_taps``,
+    ``grid_sample._group_points``), see docs/ARCHITECTURE.md.
+    """
+
+    rois: torch.Tensor  # (n,) int64 positions of these ROIs in the pooler's output
+    batch: torch.Tensor  # (n,) int64 image of each ROI
+    ys: Optional[AxisSamples]  # (n, Ph, gh); None: no samples (empty aligned ROIs), output 0
+    xs: Optional[AxisSamples]  # (n, Pw, gw); None with ys
+
+
+class LevelSamples(NamedTuple):
+    """The sample groups of the ROIs routed to one level (levels without ROIs are left out)."""
+
+    level: int  # index into the pooler's feature list
+    groups: List[SampleGroup]
+
+
+def level_boxes(boxes: torch.Tensor, scale: float, aligned: bool) -> Tuple[torch.Tensor, ...]:
+    """(N, 4) input-pixel boxes -> ``start_x, start_y, width, height`` (N,) in level pixel-centre coordinates."""
+    bx = boxes * scale - (0.5 if aligned else 0.0)
+    width, height = bx[:, 2] - bx[:, 0], bx[:, 3] - bx[:, 1]
+    if not aligned:  # legacy ROIAlign: force malformed ROIs to be 1x1
+        width, height = width.clamp(min=1.0), height.clamp(min=1.0)
+    return bx[:, 0], bx[:, 1], width, height
+
+
+def axis_samples(
+    start: torch.Tensor, length: torch.Tensor, pooled: int, grid: torch.Tensor, gmax: int, size: int
+) -> AxisSamples:
+    """Sample coordinates along one axis and their two linear-interpolation taps.
+
+    Args:
+        start, length: (n,) ROI start and extent along this axis, in level pixels.
+        pooled: output bins along the axis. size: map size along the axis.
+        grid: (n,) samples per bin of each ROI (>= 1); ``gmax >= grid.max()`` samples
+            are laid out per bin (fewer, see the window below), those past an ROI's own
+            ``grid`` get weight 0.
+    Returns:
+        :class:`AxisSamples`, each (n, pooled, G) with G <= gmax.
+    """
+    bin_size = (length / pooled)[:, None, None]
+    g = grid.to(start.dtype)[:, None, None]
+    p = torch.arange(pooled, device=start.device, dtype=start.dtype)[None, :, None]
+    # The huge-box window. The valid samples of a bin (within [-1, size]) are consecutive,
+    # and at most (size + 1) / spacing + 1 of them. For ROIs much larger than the map
+    # (adaptive sampling gives ceil(extent / pooled) samples per bin) lay out only a window
+    # that starts at each bin's first valid sample: the result is unchanged and memory is
+    # bounded by the map size, not the box size.
+    spacing = (bin_size / g).flatten()
+    spacing = spacing[spacing > 0]
+    window, margin, work = gmax, 1, start.dtype
+    if spacing.numel():
+        # A progression of step `spacing` has at most floor((size + 1) / spacing) + 1 points
+        # in [-1, size]; the window starts `margin` samples early (rounding of `first`).
+        bound = math.floor((size + 1) / float(spacing.min())) + 1 + 2 * margin
+        window = min(gmax, bound)
+        # Far from the origin (boxes of ~1e6 px and more) float32 rounds a coordinate by a
+        # sizeable part of the sample spacing: torchvision's float32 kernel is noise there.
+        # Compute such ROIs in float64 so that the window needs only its small margin.
+        ulps = float((start.abs() + length.abs()).max()) * 2.0**-23 / float(spacing.min())
+        if ulps > 0.25:
+            work = torch.float64
+    start_w, bin_w, g_w, p_w = (t.to(work) for t in (start, bin_size, g, p))
+    k = torch.arange(window, device=start.device, dtype=work)[None, None, :]
+    if window < gmax:
+        first = (-1.0 - start.double()[:, None, None] - p.double() * bin_size.double()) / (
+            bin_size.double() / g.double()
+        )
+        k = k + (torch.floor(first - 0.5) - margin).clamp(min=0).to(work)
+    i = k + 0.5
+    # Same association as the kernel: start + p*bin + (i+0.5)*bin/grid.
+    coord = start_w[:, None, None] + p_w * bin_w + i * bin_w / g_w
+    valid = (coord >= -1.0) & (coord <= size) & (i < g_w)
+    c = coord.clamp(min=0)
+    low = c.floor().to(torch.int64)
+    at_edge = low >= size - 1
+    low = torch.where(at_edge, torch.full_like(low, size - 1), low).clamp(min=0)
+    high = torch.where(at_edge, low, low + 1).clamp(max=max(size - 1, 0))
+    frac = torch.where(at_edge, torch.zeros_like(c), c - low.to(c.dtype)).to(start.dtype)
+    coord = coord.to(start.dtype)
+    scale = valid.to(start.dtype) / g
+    return AxisSamples(coord, low, high, (1.0 - frac) * scale, frac * scale)
+
+
+def _bucket(g: torch.Tensor) -> torch.Tensor:
+    """Round grid sizes up to a power of two (0 stays 0): few sampling groups per level."""
+    return torch.where(g > 0, 2 ** torch.ceil(torch.log2(g.clamp(min=1).double())).long(), g)
+
+
+def sample_groups(
+    boxes: torch.Tensor,
+    batch: torch.Tensor,
+    level_of: torch.Tensor,
+    sizes: List[Tuple[int, int]],
+    scales: Tuple[float, ...],
+    output_size: Tuple[int, int],
+    sampling_ratio: int,
+    aligned: bool,
+) -> List[LevelSamples]:
+    """The samples of all ROIs, level by level, in groups that share a sample layout.
+
+    Args:
+        boxes: (N, 4) ``x1, y1, x2, y2`` in input-image pixels, in the compute dtype.
+        batch: (N,) image of each box. level_of: (N,) level of each box (index into ``sizes``).
+        sizes: (H, W) of each level. scales: 1/stride of each level.
+        output_size: (Ph, Pw). sampling_ratio: samples per bin and axis, 0 = adaptive.
+        aligned: ROIAlignV2's half-pixel shift.
+    """
+    ph, pw = output_size
+    plans = []
+    for level, ((h, w), scale) in enumerate(zip(sizes, scales)):
+        rois = (level_of == level).nonzero().flatten()
+        if rois.numel() == 0:
+            continue
+        start_x, start_y, width, height = level_boxes(boxes[rois], scale, aligned)
+        if sampling_ratio > 0:
+            gh = gw = torch.full_like(rois, sampling_ratio)
+        else:
+            gh = torch.ceil(height / ph).to(torch.int64).clamp(min=0)
+            gw = torch.ceil(width / pw).to(torch.int64).clamp(min=0)
+        groups = []
+        # ROIs whose grid sizes round up to the same powers of two are sampled together
+        # on a (Gh, Gw) layout, extra samples masked: one group for a fixed ratio, a
+        # handful per level under adaptive sampling.
+        bh, bw = _bucket(gh), _bucket(gw)
+        key = bh * (int(bw.max()) + 1) + bw
+        for k in torch.unique(key).tolist():
+            sel = (key == k).nonzero().flatten()
+            g_h, g_w = int(gh[sel].max()), int(gw[sel].max())
+            if g_h == 0 or g_w == 0:  # empty aligned ROIs: no samples, output 0
+                groups.append(SampleGroup(rois[sel], batch[rois[sel]], None, None))
+                continue
+            ys = axis_samples(start_y[sel], height[sel], ph, gh[sel], g_h, h)
+            xs = axis_samples(start_x[sel], width[sel], pw, gw[sel], g_w, w)
+            groups.append(SampleGroup(rois[sel], batch[rois[sel]], ys, xs))
+        plans.append(LevelSamples(level, groups))
+    return plans

@@ -1,0 +1,58 @@
+# Copyright (c) roi_plugin authors. Licensed under the Apache License 2.0.
+"""Level routing: which pyramid level pools which box.
+
+The FPN paper (Lin et al., eq. 1) pools a box of ``w x h`` input pixels from level
+
+    k = clip(k0 + floor(log2(sqrt(w * h) / 224)), k_min, k_max)
+
+so that a 224 x 224 box (an ImageNet crop) lands on ``k0`` (P4) and every halving of the
+box side moves it one level finer. The pooler's levels are given as scales ``1 / 2^k``.
+"""
+import math
+from typing import Sequence, Tuple
+
+import torch
+
+__all__ = ["assign_boxes_to_levels", "pyramid_levels"]
+
+
+def assign_boxes_to_levels(
+    boxes: torch.Tensor,
+    min_level: int,
+    max_level: int,
+    canonical_box_size: float,
+    canonical_level: int,
+) -> torch.Tensor:
+    """FPN level rule (Lin et al., eq. 1): ``k = clip(k0 + floor(log2(sqrt(wh) / 224)), k_min, k_max)``.
+
+    The arithmetic (area as ``w*h``, the ``1e-8`` inside the log) is Detectron2's, so a box
+    on a level boundary lands where Detectron2 puts it.
+
+    Args:
+        boxes: (N, 4) boxes ``x1, y1, x2, y2`` in input-image pixels.
+    Returns:
+        (N,) int64 level index relative to ``min_level`` (0 for P{min_level}).
+    """
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    level = torch.floor(canonical_level + torch.log2(torch.sqrt(area) / canonical_box_size + 1e-8))
+    level = torch.clamp(level, min=min_level, max=max_level)
+    return level.to(torch.int64) - min_level
+
+
+def pyramid_levels(scales: Sequence[float]) -> Tuple[int, int]:
+    """``(k_min, k_max)`` of levels given by their scales ``1/2^k``, finest first.
+
+    Raises ValueError unless the scales are consecutive powers of two.
+    """
+    if not scales or min(scales) <= 0:
+        raise ValueError(f"scales must be a non-empty list of positive numbers, got {scales}")
+    levels = [-math.log2(s) for s in scales]
+    if any(not math.isclose(lv, round(lv), abs_tol=1e-6) for lv in levels):
+        raise ValueError(f"every scale must be 1/2^k (stride a power of two), got {scales}")
+    levels = [int(round(lv)) for lv in levels]
+    if levels != list(range(levels[0], levels[0] + len(levels))):
+        raise ValueError(
+            f"scales must be consecutive pyramid levels, finest first, got strides "
+            f"{[2 ** lv for lv in levels]}"
+        )
+    return levels[0], levels[-1]

@@ -1,0 +1,112 @@
+# Copyright (c) roi_plugin authors. Licensed under the Apache License 2.0.
+"""The static export path: ROIAlign with fixed shapes and no Python control flow on data.
+
+The eager samplers group ROIs by level and grid size with ``nonzero``/``unique`` and
+Python loops over the result, which a trace would freeze. Here every ROI is sampled on
+every level and every image with one ``F.grid_sample`` per level on a fixed ``(G, G)``
+layout, and the samples are weighted by a mask:
+
+    pooled[k] = sum_{level, image} [level_of[k] = level] [image_of[k] = image]
+                * sum_{samples s of each bin} w_s * grid_sample(level[image], point_s)
+
+The number of ROIs and of images stay dynamic; the cost is ``levels x images`` times the
+eager work, irrelevant for export. Sample coordinates and weights are those of
+:mod:`.geometry` (same expressions), so values match the eager samplers'.
+"""
+from typing import List, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from .geometry import level_boxes
+
+__all__ = ["EXPORT_MAX_GRID", "is_exporting", "grid_sample_static"]
+
+# Samples per bin and axis that the static (export) path lays out under adaptive sampling
+# (``sampling_ratio=0``); see :func:`grid_sample_static`.
+EXPORT_MAX_GRID = 4
+
+
+def is_exporting() -> bool:
+    """True while the module is traced (``torch.jit.trace``) or exported (ONNX, ``torch.export``)."""
+    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        return True
+    compiler = getattr(torch, "compiler", None)
+    return bool(compiler is not None and hasattr(compiler, "is_exporting") and compiler.is_exporting())
+
+
+def _static_axis_samples(
+    start: torch.Tensor, length: torch.Tensor, pooled: int, grid: torch.Tensor, gmax: int, size
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """:func:`.geometry.axis_samples` on a fixed ``gmax`` layout, in ``grid_sample``'s coordinates.
+
+    No data-dependent shapes or Python branches; ``size`` may be a traced size.
+
+    Args:
+        start, length: (K,) ROI start and extent along this axis, in level pixels.
+        grid: (K,) samples per bin of each ROI (0..gmax); samples past it get weight 0.
+    Returns:
+        norm (K, pooled*gmax) normalised coordinates for ``align_corners=False`` (clamped to
+        the map, so ``padding_mode="border"`` reproduces the kernel's clamp), and
+        weight (K, pooled*gmax): validity times ``1/grid``.
+    """
+    bin_size = (length / pooled)[:, None, None]
+    g = grid.to(start.dtype)[:, None, None]
+    p = torch.arange(pooled, device=start.device, dtype=start.dtype)[None, :, None]
+    i = torch.arange(gmax, device=start.device, dtype=start.dtype)[None, None, :] + 0.5
+    # g == 0 (empty aligned ROI) has no valid sample; clamp only to keep the division finite.
+    coord = start[:, None, None] + p * bin_size + i * bin_size / g.clamp(min=1)
+    valid = (coord >= -1.0) & (coord <= size) & (i < g)
+    norm = (2 * torch.minimum(coord.clamp(min=0), (size - 1) + torch.zeros_like(coord)) + 1) / size - 1
+    weight = valid.to(coord.dtype) / g.clamp(min=1)
+    return norm.flatten(1), weight.flatten(1)
+
+
+def grid_sample_static(
+    x: List[torch.Tensor], rois: torch.Tensor, level_of: torch.Tensor, scales: Sequence[float],
+    output_size: Tuple[int, int], sampling_ratio: int, aligned: bool, max_grid: int,
+) -> torch.Tensor:
+    """Pool ``rois`` (K, 5) ``batch_index, x1, y1, x2, y2`` from the maps ``x`` (B, C, H_l, W_l).
+
+    Exact (same values as the eager samplers) for ``sampling_ratio > 0``. With adaptive
+    sampling each ROI uses ``min(ceil(extent / output), max_grid)`` samples per bin: exact
+    for every ROI whose adaptive grid is at most ``max_grid``, sub-sampled beyond.
+
+    Args:
+        level_of: (K,) level of each ROI (index into ``x``).
+    Returns:
+        (K, C, Ph, Pw) pooled features in the features' dtype.
+    """
+    ph, pw = output_size
+    dtype = x[0].dtype
+    compute_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    boxes = rois[:, 1:].to(compute_dtype)
+    image = rois[:, 0].to(torch.int64)
+    gmax = sampling_ratio if sampling_ratio > 0 else int(max_grid)
+    if gmax < 1:
+        raise ValueError(f"max_grid must be >= 1 for adaptive sampling, got {max_grid}")
+    out = None
+    for level, (feat, scale) in enumerate(zip(x, scales)):
+        bsz, channels, h, w = feat.shape
+        start_x, start_y, width, height = level_boxes(boxes, scale, aligned)
+        if sampling_ratio > 0:
+            gh = gw = torch.full_like(image, gmax)
+        else:
+            gh = torch.ceil(height / ph).clamp(min=0, max=gmax).to(torch.int64)
+            gw = torch.ceil(width / pw).clamp(min=0, max=gmax).to(torch.int64)
+        gy, wy = _static_axis_samples(start_y, height, ph, gh, gmax, h)  # (K, ph*G)
+        gx, wx = _static_axis_samples(start_x, width, pw, gw, gmax, w)  # (K, pw*G)
+        grid = torch.stack(torch.broadcast_tensors(gx[:, None, :], gy[:, :, None]), -1)
+        grid = grid.reshape(1, -1, pw * gmax, 2).expand(bsz, -1, -1, -1)  # (B, K*ph*G, pw*G, 2)
+        samples = F.grid_sample(
+            feat.to(compute_dtype), grid, mode="bilinear", padding_mode="border", align_corners=False
+        ).reshape(bsz, channels, -1, ph * gmax, pw * gmax)
+        # weight (B, K, ph*G, pw*G): validity x 1/(gh*gw) x "on this level" x "of this image"
+        on_level = (level_of == level).to(compute_dtype)
+        of_image = (image[None, :] == torch.arange(bsz, device=image.device)[:, None]).to(compute_dtype)
+        weight = wy[:, :, None] * wx[:, None, :] * on_level[:, None, None]
+        weight = weight[None] * of_image[:, :, None, None]
+        pooled = (samples * weight[:, None]).sum(0)  # (C, K, ph*G, pw*G)
+        pooled = pooled.reshape(channels, -1, ph, gmax, pw, gmax).sum((3, 5)).permute(1, 0, 2, 3)
+        out = pooled if out is None else out + pooled
+    return out.to(dtype)
