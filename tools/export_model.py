@@ -255,8 +255,14 @@ def write_results(path, summaries, args, cfg):
               "border features): why the single-image graph is compared with single-image eager runs."]
     for s in summaries:
         for r in s["batched_vs_alone"]:
-            lines.append(f"- {s['label']}: {int(r['detections'])} detections alone, count differs "
+            lines.append(f"- {s['label']}: {int(r['detections'])} detections alone, "
                          f"{int(r['unmatched'])} unmatched, max score diff over pairs {r['score_diff']:.1e}")
+    if not (args.checkpoint or cfg.MODEL.WEIGHTS):
+        lines += ["", f"Note: no checkpoint, so both rows share one random init (seed {args.seed}). A random "
+                  "model's scores are nearly uniform (100 detections per image, ties to float precision, "
+                  "hence 'in order: no' where tied detections left NMS in the other order) and its mask "
+                  "probabilities sit near 0.5 (hence the low IoU on the blank image, with probabilities "
+                  "within 1e-6). Rerun with --checkpoint of a trained model for a deployment figure."]
     if any("compile" in s for s in summaries):
         lines += ["", "`torch.compile(model.roi_heads)` (default settings) on the verification images, one "
                   "call each (eager backbone and RPN outside):", "",
