@@ -58,5 +58,6 @@ class TwoMLPHead(nn.Module):
         return torch.relu(self.fc2(torch.relu(self.fc1(x))))
 
     @property
+    @torch.jit.unused  # a ShapeSpec is not scriptable; as in Detectron2's FastRCNNConvFCHead
     def output_shape(self) -> ShapeSpec:
         return ShapeSpec(channels=self._output_size)

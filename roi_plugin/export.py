@@ -3,9 +3,14 @@
 
 The eager pooler takes a list of per-image ``Boxes``, so a trace would freeze the number
 of images. These wrappers take Detectron2's pooler format instead, one (K, 5) tensor of
-``batch_index, x1, y1, x2, y2``, and call the pooler's static-shape path
-(:func:`roi_plugin.layers.static.grid_sample_static`), so the number of ROIs *and* of images are
-dynamic axes of the exported graph. ``tools/export_onnx.py`` uses them.
+``batch_index, x1, y1, x2, y2``, and call a static-shape path, so the number of ROIs *and* of
+images are dynamic axes of the exported graph. ``tools/export_onnx.py`` uses them. Two paths:
+
+* ``"roi_align"`` (default, :meth:`ROIAlignPooler._roi_align_static`): ONNX ``RoiAlign`` per level, exact at
+  every sampling ratio, adaptive included.
+* ``"grid_sample"`` (:func:`roi_plugin.layers.static.grid_sample_static`): ONNX ``GridSample`` only (no
+  ``RoiAlign``), for runtimes without it; under adaptive sampling it lays out at most
+  ``max_grid`` samples per bin and axis, so ROIs needing more differ from eager.
 """
 
 from typing import List, Sequence, Tuple
@@ -27,22 +32,35 @@ def boxes_to_rois(box_lists: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.cat(rois)
 
 
+EXPORT_METHODS = ("roi_align", "grid_sample")
+
+
 class ExportablePooler(nn.Module):
     """``forward(*features, rois) -> (K, C, h, w)``: an :class:`ROIAlignPooler` for tracing/ONNX.
 
     Args:
-        pooler: the pooler to export (either sampler; the export path is ``grid_sample``).
-        max_grid: samples per bin and axis laid out when ``pooler.sampling_ratio == 0``
-            (exact for ROIs whose adaptive grid is at most this; see
-            :func:`roi_plugin.layers.static.grid_sample_static`).
+        pooler: the pooler to export (either sampler).
+        max_grid: ``grid_sample`` path only: samples per bin and axis laid out when
+            ``pooler.sampling_ratio == 0`` (exact for ROIs whose adaptive grid is at most
+            this; see :meth:`ROIAlignPooler._grid_sample_static`).
+        method: ``"roi_align"`` (exact, ONNX ``RoiAlign``) or ``"grid_sample"`` (ONNX
+            ``GridSample``, capped by ``max_grid`` under adaptive sampling).
     """
 
-    def __init__(self, pooler: ROIAlignPooler, max_grid: int = EXPORT_MAX_GRID):
+    def __init__(self, pooler: ROIAlignPooler, max_grid: int = EXPORT_MAX_GRID, method: str = "roi_align"):
         super().__init__()
         if not isinstance(pooler, ROIAlignPooler):
             raise TypeError(f"ExportablePooler needs an ROIAlignPooler, got {type(pooler).__name__}")
+        if method not in EXPORT_METHODS:
+            raise ValueError(f"method {method!r} is not supported; use one of {EXPORT_METHODS}")
         self.pooler = pooler
         self.max_grid = int(max_grid)
+        self.method = method
+
+    def exact_for_all_boxes(self) -> bool:
+        """Whether the graph equals the eager pooler for every ROI (``False`` only for the
+        ``grid_sample`` path under adaptive sampling)."""
+        return self.method == "roi_align" or self.pooler.sampling_ratio > 0
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         """
@@ -52,7 +70,10 @@ class ExportablePooler(nn.Module):
             (K, C, h, w) pooled features.
         """
         *features, rois = inputs
-        return self.pooler._grid_sample_static(list(features), rois, self.max_grid)
+        p = self.pooler
+        if self.method == "roi_align":
+            return p._roi_align_static(list(features), rois)
+        return p._grid_sample_static(list(features), rois, self.max_grid)
 
 
 class ExportableBoxBranch(nn.Module):
@@ -67,12 +88,12 @@ class ExportableBoxBranch(nn.Module):
         roi_heads: a ``StandardROIHeads`` whose ``box_pooler`` is an :class:`ROIAlignPooler`.
         in_features: names of the feature maps fed to the pooler, in order (default
             ``roi_heads.box_in_features``); only used to document the input order.
-        max_grid: as in :class:`ExportablePooler`.
+        max_grid, method: as in :class:`ExportablePooler`.
     """
 
-    def __init__(self, roi_heads: nn.Module, max_grid: int = EXPORT_MAX_GRID):
+    def __init__(self, roi_heads: nn.Module, max_grid: int = EXPORT_MAX_GRID, method: str = "roi_align"):
         super().__init__()
-        self.pooler = ExportablePooler(roi_heads.box_pooler, max_grid)
+        self.pooler = ExportablePooler(roi_heads.box_pooler, max_grid, method)
         self.box_head = roi_heads.box_head
         self.box_predictor = roi_heads.box_predictor
         self.in_features: List[str] = list(roi_heads.box_in_features)

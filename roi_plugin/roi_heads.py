@@ -27,6 +27,7 @@ a Detectron2 ``ROIPooler`` is converted to an :class:`ROIAlignPooler` with the s
 keyword sets of another family (C4's ``pooler``/``res5``, the cascade's ``box_heads``) raise
 an error naming the right class.
 """
+import torch
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, CascadeROIHeads, Res5ROIHeads, StandardROIHeads
@@ -137,7 +138,15 @@ class PluginROIHeads(_PluginHooks, StandardROIHeads):
 
     The sampler is ``MODEL.ROI_PLUGIN.SAMPLER``; the box head is whatever
     ``MODEL.ROI_BOX_HEAD.NAME`` names (``TwoMLPHead`` or a built-in).
+
+    Scripting (``detectron2.export.scripting_with_instances``): the poolers script to their
+    static path (same values as eager). ``mask_on``/``keypoint_on`` are TorchScript constants, as
+    Detectron2's export patch makes them for ``StandardROIHeads`` itself (from Python 3.10 a
+    subclass does not see its base's class annotations), so branches that are off compile away.
     """
+
+    mask_on: torch.jit.Final[bool]
+    keypoint_on: torch.jit.Final[bool]
 
     @classmethod
     def _init_box_head(cls, cfg, input_shape):
@@ -153,6 +162,9 @@ class GridSampleROIHeads(PluginROIHeads):
 
     The notebook's design, made exact; ``MODEL.ROI_PLUGIN.SAMPLER`` does not apply to it.
     """
+
+    mask_on: torch.jit.Final[bool]
+    keypoint_on: torch.jit.Final[bool]
 
     @configurable
     def __init__(self, *, sampler: str = "grid_sample", **kwargs):

@@ -53,12 +53,14 @@ EXPORT_SHAPE = (2, 128, 96, [5, 3])
 RUN_SHAPES = [(3, 160, 128, [4, 0, 9]), (1, 64, 64, [11])]
 
 
+@pytest.mark.parametrize("method", ["roi_align", "grid_sample"])
 @pytest.mark.parametrize("pooler_type", ["ROIAlignV2", "ROIAlign"])
 @pytest.mark.parametrize("sampling_ratio", [0, 2])
-def test_pooler_onnx_matches_eager(tmp_path, pooler_type, sampling_ratio):
+def test_pooler_onnx_matches_eager(tmp_path, pooler_type, sampling_ratio, method):
     pooler = ROIAlignPooler(7, SCALES, sampling_ratio, pooler_type)
-    # max_grid 16 >= every adaptive grid of these boxes (<= 161 px at P2 = 41 px / 7 bins)
-    module = ExportablePooler(pooler, max_grid=16)
+    # grid_sample: max_grid 16 >= every adaptive grid of these boxes (<= 161 px at P2 = 41 px / 7
+    # bins); roi_align needs no cap
+    module = ExportablePooler(pooler, max_grid=16, method=method)
     b, h, w, counts = EXPORT_SHAPE
     path = str(tmp_path / "pooler.onnx")
     export_onnx(
@@ -70,7 +72,10 @@ def test_pooler_onnx_matches_eager(tmp_path, pooler_type, sampling_ratio):
     graph = onnx.load(path)
     onnx.checker.check_model(graph)
     ops = {n.op_type for n in graph.graph.node}
-    assert "GridSample" in ops and "NonZero" not in ops and "RoiAlign" not in ops
+    if method == "grid_sample":
+        assert "GridSample" in ops and "NonZero" not in ops and "RoiAlign" not in ops
+    else:
+        assert "RoiAlign" in ops and "NonZero" not in ops and "GridSample" not in ops
     for seed, (b, h, w, counts) in enumerate(RUN_SHAPES, 1):
         feats = pyramid(b, h, w, seed=seed)
         boxes = [random_boxes(n, h, w, 10 * seed + i) for i, n in enumerate(counts)]
@@ -89,16 +94,18 @@ def test_adaptive_export_caps_the_grid():
     adaptive = ROIAlignPooler(7, SCALES, 0, "ROIAlignV2")
     fixed3 = ROIAlignPooler(7, SCALES, 3, "ROIAlignV2")
     rois = boxes_to_rois(long_box)
-    capped = ExportablePooler(adaptive, max_grid=3)(*feats, rois)
-    exact = ExportablePooler(adaptive, max_grid=5)(*feats, rois)
+    capped = ExportablePooler(adaptive, max_grid=3, method="grid_sample")(*feats, rois)
+    exact = ExportablePooler(adaptive, max_grid=5, method="grid_sample")(*feats, rois)
     torch.testing.assert_close(exact, adaptive(feats, long_box), atol=TOL, rtol=0)
+    # the roi_align path has no cap
+    torch.testing.assert_close(ExportablePooler(adaptive)(*feats, rois), exact, atol=TOL, rtol=0)
     # y extent 6/4 px -> 1 sample per bin (below the cap), x capped at 3: equals neither
     # the exact result nor a fixed ratio of 3 on both axes
     assert (capped - exact).abs().max() > 1e-3
     assert (capped - fixed3(feats, long_box)).abs().max() > 1e-3
     square = [torch.tensor([[2.0, 2.0, 120.0, 120.0]])]  # P3: 118/8 px over 7 bins -> 3 samples
     torch.testing.assert_close(
-        ExportablePooler(adaptive, max_grid=2)(*feats, boxes_to_rois(square)),
+        ExportablePooler(adaptive, max_grid=2, method="grid_sample")(*feats, boxes_to_rois(square)),
         ROIAlignPooler(7, SCALES, 2, "ROIAlignV2")(feats, square),
         atol=TOL,
         rtol=0,
@@ -184,52 +191,38 @@ def test_box_branch_onnx_matches_eager(tmp_path):
         np.testing.assert_allclose(got_deltas, deltas.numpy(), atol=TOL, rtol=0)
 
 
-def test_export_tool(tmp_path):
-    """tools/export_onnx.py on a config + checkpoint, with its onnxruntime check."""
+TINY_OVERRIDES = [
+    "MODEL.MASK_ON", "False", "MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64",
+    "MODEL.FPN.OUT_CHANNELS", "16", "MODEL.ROI_BOX_HEAD.FC_DIM", "32", "MODEL.ROI_HEADS.NUM_CLASSES", "3",
+]
+
+
+def _run_export_tool(tmp_path, sampling_ratio, *extra):
+    """tools/export_onnx.py --verify on a saved tiny checkpoint; returns (tool output, model)."""
     from detectron2.checkpoint import DetectionCheckpointer
 
+    tmp_path.mkdir(parents=True, exist_ok=True)
     cfg = tiny_cfg("gather", "MODEL.MASK_ON", "False")
-    cfg.MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO = 2
+    cfg.MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO = sampling_ratio
     torch.manual_seed(1)
     model = build_model(cfg)
     DetectionCheckpointer(model, save_dir=str(tmp_path)).save("tiny")
-    overrides = [
-        "MODEL.MASK_ON",
-        "False",
-        "MODEL.RESNETS.DEPTH",
-        "18",
-        "MODEL.RESNETS.RES2_OUT_CHANNELS",
-        "64",
-        "MODEL.FPN.OUT_CHANNELS",
-        "16",
-        "MODEL.ROI_BOX_HEAD.FC_DIM",
-        "32",
-        "MODEL.ROI_HEADS.NUM_CLASSES",
-        "3",
-        "MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO",
-        "2",
-    ]
     tool = runpy.run_path(os.path.join(REPO, "tools", "export_onnx.py"), run_name="export_onnx")
     out = tool["main"](
         [
-            "--config-file",
-            os.path.join(REPO, "configs", "mask_rcnn_R_50_FPN_1x_plugin.yaml"),
-            "--checkpoint",
-            str(tmp_path / "tiny.pth"),
-            "--output-dir",
-            str(tmp_path / "onnx"),
-            "--height",
-            "128",
-            "--width",
-            "96",
-            "--num-rois",
-            "6",
-            "--verify",
-            *overrides,
+            "--config-file", os.path.join(REPO, "configs", "mask_rcnn_R_50_FPN_1x_plugin.yaml"),
+            "--checkpoint", str(tmp_path / "tiny.pth"), "--output-dir", str(tmp_path / "onnx"),
+            "--height", "128", "--width", "96", "--num-rois", "6", "--verify", *extra,
+            *TINY_OVERRIDES, "MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO", str(sampling_ratio),
         ]
     )
+    return out, model
+
+
+def test_export_tool(tmp_path):
+    """tools/export_onnx.py on a config + checkpoint, with its onnxruntime check."""
+    out, model = _run_export_tool(tmp_path, 2)
     assert os.path.isfile(out["box_branch"]) and os.path.isfile(out["box_pooler"])
-    # sampling ratio 2: the graph equals the eager model, not only the static path
     for name in ("box_branch", "box_pooler"):
         assert out[f"{name}_max_rel_diff"] <= TOL
         assert out[f"{name}_max_rel_diff_eager"] <= TOL
@@ -240,6 +233,21 @@ def test_export_tool(tmp_path):
     assert any(a.shape == fc1.shape and np.array_equal(a, fc1) for a in inits) or any(
         a.shape == fc1.T.shape and np.array_equal(a, fc1.T) for a in inits
     )
+
+
+def test_export_tool_verifies_against_eager(tmp_path, capsys):
+    """Issue 15.1: --verify compares onnxruntime with the eager model, not with the static path
+    the graph was traced from. Under adaptive sampling (the FPN configs' default) the default
+    export (RoiAlign) is exact; the GridSample export capped at --max-grid 1 differs from eager
+    (not from its own static path) and the tool must exit non-zero, printing the difference."""
+    out, _ = _run_export_tool(tmp_path / "a", 0)
+    for name in ("box_branch", "box_pooler"):
+        assert out[f"{name}_max_rel_diff_eager"] <= TOL
+    with pytest.raises(SystemExit) as exc:
+        _run_export_tool(tmp_path / "b", 0, "--pooler-export", "grid_sample", "--max-grid", "1")
+    assert "differs from eager PyTorch" in str(exc.value) and "box_pooler" in str(exc.value)
+    printed = capsys.readouterr().out
+    assert "EXCEEDS" in printed and "note: POOLER_SAMPLING_RATIO is 0" in printed
 
 
 # --------------------------------------------------------------------- Detectron2's ROIPooler

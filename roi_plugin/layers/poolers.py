@@ -14,11 +14,13 @@ from typing import List, Sequence, Tuple, Union
 import torch
 from torch import nn
 
+from detectron2.structures import Boxes
+
 from .gather import gather_roi_align
 from .geometry import sample_groups
 from .grid_sample import grid_sample_roi_align
 from .levels import assign_boxes_to_levels, pyramid_levels
-from .static import EXPORT_MAX_GRID, grid_sample_static, is_exporting
+from .static import EXPORT_MAX_GRID, grid_sample_static, is_exporting, roi_align_levels
 
 __all__ = ["ROIAlignPooler", "GridSampleROIPooler", "SAMPLERS", "POOLER_TYPES"]
 
@@ -85,6 +87,9 @@ class ROIAlignPooler(nn.Module):
         self.sampler = sampler
         self.canonical_box_size = canonical_box_size
         self.canonical_level = canonical_level
+        # Typed copies for TorchScript (a scripted forward cannot index a tuple by a variable).
+        self.scale_list: List[float] = list(scales)
+        self.output_size_list: List[int] = list(output_size)
 
     def extra_repr(self) -> str:
         return (
@@ -92,24 +97,37 @@ class ROIAlignPooler(nn.Module):
             f"{self.sampling_ratio}, pooler_type={self.pooler_type}, sampler={self.sampler}"
         )
 
-    def forward(self, x: List[torch.Tensor], box_lists: List) -> torch.Tensor:
+    def forward(self, x: List[torch.Tensor], box_lists: List[Boxes]) -> torch.Tensor:
         """
         Args:
             x: list of L feature maps (B, C, H_l, W_l), finest first, matching ``scales``.
             box_lists: list of B ``Boxes`` (or (N_i, 4) tensors), input-image pixels.
         Returns:
             Tensor (sum_i N_i, C, h, w): pooled features, ROIs in input order.
+
+        Traced, exported, compiled or scripted, the pooler runs :meth:`_roi_align_static`
+        (static shapes, the same values); eagerly, the configured sampler.
         """
+        if torch.jit.is_scripting():
+            rois = torch.cat(
+                [torch.cat([torch.full_like(b.tensor[:, :1], i), b.tensor], 1) for i, b in enumerate(box_lists)]
+            )
+            return self._roi_align_static(x, rois)
+        return self._forward_python(x, box_lists)
+
+    @torch.jit.unused
+    def _forward_python(self, x: List[torch.Tensor], box_lists) -> torch.Tensor:
         self._check_features(x)
         batch, channels = x[0].shape[:2]
         boxes = self._check_boxes(box_lists, batch, x[0].device)
         if is_exporting():
-            # Static-shape path: the eager samplers' grouping would be frozen by a trace.
+            # Static-shape path: the eager samplers' grouping would be frozen by a trace, and
+            # their Python values from box data would break Dynamo's graphs.
             fdt = torch.float64 if x[0].dtype == torch.float64 else torch.float32
             rois = torch.cat(
                 [torch.cat([torch.full_like(b[:, :1], i), b], 1).to(fdt) for i, b in enumerate(boxes)]
             )
-            return self._grid_sample_static(list(x), rois)
+            return self._roi_align_static(list(x), rois)
         num_rois = sum(len(b) for b in boxes)
         if num_rois == 0:
             return x[0].new_zeros((0, channels, *self.output_size))
@@ -133,6 +151,25 @@ class ROIAlignPooler(nn.Module):
         # its rule always sees float32 coordinates (and a box on a boundary must agree).
         return assign_boxes_to_levels(
             boxes.float(), self.min_level, self.max_level, self.canonical_box_size, self.canonical_level
+        )
+
+    def _roi_align_static(self, x: List[torch.Tensor], rois: torch.Tensor) -> torch.Tensor:
+        """The deployment path (:func:`.static.roi_align_levels`) with this pooler's level rule:
+        the eager samplers' values at every sampling ratio, static shapes, scriptable.
+
+        Args:
+            x: list of L feature maps (B, C, H_l, W_l).
+            rois: (K, 5) ``batch_index, x1, y1, x2, y2`` in input-image pixels.
+        """
+        if len(x) == 1:
+            level_of = torch.zeros_like(rois[:, 0], dtype=torch.int64)
+        else:  # float32 coordinates, as in _route
+            level_of = assign_boxes_to_levels(
+                rois[:, 1:].float(), self.min_level, self.max_level,
+                float(self.canonical_box_size), self.canonical_level,
+            )
+        return roi_align_levels(
+            x, rois, level_of, self.output_size_list, self.scale_list, self.sampling_ratio, self.aligned
         )
 
     def _grid_sample_static(

@@ -1,7 +1,21 @@
 # Copyright (c) roi_plugin authors. Licensed under the Apache License 2.0.
-"""The static export path: ROIAlign with fixed shapes and no Python control flow on data.
+"""The static paths: ROIAlign with fixed shapes and no Python control flow on data, for
+tracing, ONNX, TorchScript, ``torch.export`` and ``torch.compile``.
 
-The eager samplers group ROIs by level and grid size with ``nonzero``/``unique`` and
+:func:`roi_align_levels` (the default deployment path, exact at every sampling ratio) runs
+``torchvision.ops.roi_align`` (ONNX ``RoiAlign`` from opset 16, whose onnxruntime kernel equals
+torchvision's, see ``tests/test_export.py``; the kernel the eager samplers reproduce sample for
+sample) once per level on *all* K ROIs, the boxes of ROIs routed to other levels replaced by an
+empty box at the origin, and keeps each ROI's own level with ``where``:
+
+    pooled[k] = sum_level [level_of[k] = level] * roi_align(level, box_k if on level else 0)
+
+An empty box costs one sample per bin at any sampling ratio (adaptive: ``ceil(0 / h) = 0``
+samples, counted as one; legacy mode clamps it to 1 px), so the extra work is
+``(L - 1) * K * h * w`` samples. No ``nonzero``, no data-dependent shape: the numbers of ROIs
+and images are dynamic, and adaptive sampling stays adaptive inside ``RoiAlign`` (no cap).
+
+:func:`grid_sample_static` (``GridSample`` only, for runtimes without ``RoiAlign``): the eager samplers group ROIs by level and grid size with ``nonzero``/``unique`` and
 Python loops over the result, which a trace would freeze. Here every ROI is sampled on
 every level and every image with one ``F.grid_sample`` per level on a fixed ``(G, G)``
 layout, and the samples are weighted by a mask:
@@ -17,10 +31,11 @@ from typing import List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
+import torchvision
 
 from .geometry import level_boxes
 
-__all__ = ["EXPORT_MAX_GRID", "is_exporting", "grid_sample_static"]
+__all__ = ["EXPORT_MAX_GRID", "is_exporting", "grid_sample_static", "roi_align_levels"]
 
 # Samples per bin and axis that the static (export) path lays out under adaptive sampling
 # (``sampling_ratio=0``); see :func:`grid_sample_static`.
@@ -28,11 +43,53 @@ EXPORT_MAX_GRID = 4
 
 
 def is_exporting() -> bool:
-    """True while the module is traced (``torch.jit.trace``) or exported (ONNX, ``torch.export``)."""
+    """True while the module is traced (``torch.jit.trace``), exported (ONNX, ``torch.export``)
+    or compiled (``torch.compile``: the eager samplers' Python values taken from box data would
+    break Dynamo's graphs and specialise its guards on every new set of boxes)."""
     if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
         return True
     compiler = getattr(torch, "compiler", None)
-    return bool(compiler is not None and hasattr(compiler, "is_exporting") and compiler.is_exporting())
+    if compiler is None:
+        return False
+    return bool(
+        (hasattr(compiler, "is_exporting") and compiler.is_exporting())
+        or (hasattr(compiler, "is_compiling") and compiler.is_compiling())
+    )
+
+
+def roi_align_levels(
+    x: List[torch.Tensor],
+    rois: torch.Tensor,
+    level_of: torch.Tensor,
+    output_size: List[int],
+    scales: List[float],
+    sampling_ratio: int,
+    aligned: bool,
+) -> torch.Tensor:
+    """Multi-level ROIAlign, exact at every sampling ratio, static shapes; scriptable.
+
+    Args:
+        x: L maps (B, C, H_l, W_l), finest first, matching ``scales``.
+        rois: (K, 5) ``batch_index, x1, y1, x2, y2`` in input-image pixels.
+        level_of: (K,) int64 level of each ROI (0 for ``x[0]``).
+        output_size: (h, w). scales: 1/stride of each level.
+        sampling_ratio: samples per bin and axis, 0 = adaptive.
+        aligned: ``ROIAlignV2`` (half-pixel shift) if True, legacy ``ROIAlign`` otherwise.
+    Returns:
+        (K, C, h, w) in the maps' dtype (sampled in float32, float64 for float64 maps).
+    """
+    dtype = x[0].dtype
+    compute = torch.float64 if dtype == torch.float64 else torch.float32
+    rois = rois.to(compute)
+    out = torch.zeros(0)
+    for level in range(len(x)):
+        here = (level_of == level)[:, None]
+        level_rois = torch.cat([rois[:, :1], torch.where(here, rois[:, 1:], torch.zeros_like(rois[:, 1:]))], 1)
+        pooled = torchvision.ops.roi_align(
+            x[level].to(compute), level_rois, output_size, scales[level], sampling_ratio, aligned
+        )
+        out = pooled if level == 0 else torch.where(here[:, :, None, None], pooled, out)
+    return out.to(dtype)
 
 
 def _static_axis_samples(

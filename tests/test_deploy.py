@@ -1,0 +1,209 @@
+"""Whole-model deployment: ONNX (Detectron2's TracingAdapter), TorchScript (scripting_with_instances),
+torch.compile and torch.export, each against the eager model, the plugin heads side by side with
+Detectron2's built-in heads (the same weights: parameter names are shared)."""
+import os
+import runpy
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from detectron2.export import scripting_with_instances
+from detectron2.modeling import build_model
+from detectron2.structures import Boxes
+
+from roi_plugin import ROIAlignPooler, TwoMLPHead
+from roi_plugin.deploy import compare, compile_counts, export_model_onnx, run_eager, run_onnx
+from roi_plugin.export import ExportableBoxBranch, boxes_to_rois
+from test_export import SCALES, pyramid, random_boxes
+from tiny_model import tiny_cfg
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.filterwarnings("ignore")
+BOX_TOL, SCORE_TOL, MASK_IOU = 1e-3, 1e-3, 0.99
+
+
+def tiny_model(builtin=False, seed=0):
+    extra = ["MODEL.ROI_HEADS.NAME", "StandardROIHeads", "MODEL.ROI_BOX_HEAD.NAME", "FastRCNNConvFCHead"] if builtin else []
+    cfg = tiny_cfg("gather", "MODEL.RPN.POST_NMS_TOPK_TEST", "30", *extra)
+    torch.manual_seed(seed)
+    return build_model(cfg).eval()
+
+
+def images(sizes, seed):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.rand(3, h, w, generator=g) * 255 for h, w in sizes]
+
+
+def assert_same_detections(ref, got, hw):
+    r = compare(ref, got, hw)
+    assert not r["unmatched"], r
+    assert r["box_diff"] <= BOX_TOL and r["score_diff"] <= SCORE_TOL and r["mask_iou_min"] >= MASK_IOU, r
+    return r
+
+
+# ------------------------------------------------------------------------------------ ONNX
+def test_whole_model_onnx_matches_eager(tmp_path):
+    """Mask R-CNN with PluginROIHeads (adaptive sampling, the configs' default) through
+    Detectron2's TracingAdapter to ONNX opset 17; onnxruntime on batches of 1, 2 and 3 images of
+    sizes the export never saw, one of them without detections, equals the eager model run on
+    each image. (The built-in heads: test_export_model_tool --compare-builtin.)"""
+    model = tiny_model()
+    batches = [images([(96, 128)], 1), images([(128, 96), (112, 144)], 2), images([(80, 160), (144, 112), (96, 96)], 3)]
+    # One image without detections: a score threshold between the lowest and the second
+    # lowest best score of the images (the threshold is a constant of the graph).
+    predictor = model.roi_heads.box_predictor
+    predictor.test_score_thresh = 0.0
+    best = sorted((float(d["scores"].max()), k) for k, d in enumerate(run_eager(model, sum(batches, []))))
+    predictor.test_score_thresh = (best[0][0] + best[1][0]) / 2
+    path = str(tmp_path / "model.onnx")
+    names = export_model_onnx(model, images([(112, 128)], 0)[0], path)
+    assert names == ["pred_boxes", "pred_classes", "pred_masks", "scores", "image_size"]
+    graph = onnx.load(path)
+    ops = {n.op_type for n in graph.graph.node}
+    # plugin: the pooler's deployment path, exact under adaptive sampling (no GridSample cap)
+    assert "RoiAlign" in ops and "GridSample" not in ops
+    dims = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in graph.graph.input}
+    assert dims["image"][0] == 3 and isinstance(dims["image"][1], str) and isinstance(dims["image"][2], str)
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    counts = []
+    for batch in batches:
+        for im, e, o in zip(batch, run_eager(model, batch), run_onnx(sess, names, batch)):
+            assert_same_detections(e, o, tuple(im.shape[1:]))
+            counts.append(len(e["scores"]))
+    assert sorted(counts)[0] == 0 and sorted(counts)[1] > 0
+
+
+def test_export_model_tool(tmp_path):
+    """tools/export_model.py: config + checkpoint -> model.onnx, --verify (batches 1-3 of other
+    sizes and a blank image) and --compare-builtin, writing the results table."""
+    from detectron2.checkpoint import DetectionCheckpointer
+
+    model = tiny_model()
+    DetectionCheckpointer(model, save_dir=str(tmp_path)).save("tiny")
+    tool = runpy.run_path(os.path.join(REPO, "tools", "export_model.py"), run_name="export_model")
+    overrides = [
+        "MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64", "MODEL.FPN.OUT_CHANNELS", "16",
+        "MODEL.ROI_BOX_HEAD.FC_DIM", "32", "MODEL.ROI_MASK_HEAD.CONV_DIM", "8", "MODEL.ROI_HEADS.NUM_CLASSES", "3",
+        "MODEL.RPN.POST_NMS_TOPK_TEST", "30",
+    ]
+    results = tmp_path / "deployment.md"
+    summaries = tool["main"]([
+        "--config-file", os.path.join(REPO, "configs", "mask_rcnn_R_50_FPN_1x_plugin.yaml"),
+        "--checkpoint", str(tmp_path / "tiny.pth"), "--output-dir", str(tmp_path / "out"),
+        "--height", "128", "--width", "160", "--verify", "--compare-builtin", "--results", str(results),
+        "--sizes", "96x128;112x80,128x128", *overrides,
+    ])
+    assert [s["label"] for s in summaries] == ["PluginROIHeads", "StandardROIHeads (built-in)"]
+    assert all(s["ok"] for s in summaries)
+    assert [r["batch"] for r in summaries[0]["rows"]] == [1, 2, 2, 1]  # + the blank image
+    text = results.read_text()
+    assert "| PluginROIHeads | 2 | 112x80 |" in text and "StandardROIHeads (built-in)" in text
+
+
+# ----------------------------------------------------------------------------- TorchScript
+def test_box_head_and_predictor_script():
+    """TwoMLPHead (output_shape is @torch.jit.unused, as in FastRCNNConvFCHead) and
+    FastRCNNPredictor script and equal eager."""
+    heads = tiny_model().roi_heads
+    x = torch.randn(5, 16, 7, 7)
+    assert isinstance(heads.box_head, TwoMLPHead)
+    torch.testing.assert_close(torch.jit.script(heads.box_head)(x), heads.box_head(x), rtol=0, atol=0)
+    feats = heads.box_head(x)
+    for a, b in zip(torch.jit.script(heads.box_predictor)(feats), heads.box_predictor(feats)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("pooler_type", ["ROIAlignV2", "ROIAlign"])
+def test_pooler_script_equals_eager(pooler_type):
+    """The scripted pooler (the static RoiAlign path) equals the eager samplers, adaptive
+    sampling included, with long boxes whose adaptive grid exceeds the old export cap of 4."""
+    pooler = ROIAlignPooler(7, SCALES, 0, pooler_type)
+    scripted = torch.jit.script(pooler)
+    feats = pyramid(2, 160, 128)
+    boxes = [random_boxes(7, 160, 128, 1, max_side=400), torch.tensor([[2.0, 10.0, 150.0, 16.0]])]
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(feats, [Boxes(b) for b in boxes]), pooler(feats, boxes), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("builtin", [False, True], ids=["plugin", "builtin"])
+def test_scripting_with_instances(builtin):
+    """Detectron2's scripting export scripts the Mask R-CNN with PluginROIHeads as it does with
+    StandardROIHeads, and the scripted model gives the eager detections."""
+    from torch import Tensor
+
+    model = tiny_model(builtin)
+    fields = {"proposal_boxes": Boxes, "objectness_logits": Tensor, "pred_boxes": Boxes,
+              "scores": Tensor, "pred_classes": Tensor, "pred_masks": Tensor}
+    scripted = scripting_with_instances(model, fields)
+    for im in images([(96, 128), (128, 80)], 4):
+        with torch.no_grad():
+            e = model.inference([{"image": im}], do_postprocess=False)[0]
+            s = scripted.inference([{"image": im}], do_postprocess=False)[0]
+        assert len(e) == len(s) > 0
+        torch.testing.assert_close(s.pred_boxes.tensor, e.pred_boxes.tensor, atol=BOX_TOL, rtol=0)
+        torch.testing.assert_close(s.scores, e.scores, atol=SCORE_TOL, rtol=0)
+        torch.testing.assert_close(s.pred_masks, e.pred_masks, atol=1e-4, rtol=0)
+
+
+# -------------------------------------------------------------------- torch.compile / export
+class _ListCall(torch.nn.Module):
+    def __init__(self, pooler):
+        super().__init__()
+        self.pooler = pooler
+
+    def forward(self, f0, f1, f2, f3, b0, b1):
+        return self.pooler([f0, f1, f2, f3], [b0, b1])
+
+
+def test_compile_pooler_no_recompiles():
+    """Issue 15.2: torch.compile of the pooler on 10 different box sets (and ROI counts): no graph
+    break, no recompile after the first call, results equal eager. Before, Dynamo specialised on
+    Python floats taken from box data and recompiled for every box set (35 graph breaks and 12
+    recompiles over 4 box sets, then the recompile limit)."""
+    pooler = ROIAlignPooler(7, SCALES, 0, "ROIAlignV2")
+    feats = pyramid(2, 64, 64, channels=4)
+    # ROI counts that never equal a map size (Dynamo's duck sizing would tie them)
+    calls = [(*feats, random_boxes(5 + 2 * k, 64, 64, 2 * k, max_side=90), random_boxes(6, 64, 64, 2 * k + 1))
+             for k in range(10)]
+    stats = compile_counts(_ListCall(pooler), calls, dynamic=True)
+    assert stats["graph_breaks"] == 0, stats["break_reasons"]
+    assert stats["frames_per_call"][0] == 1 and stats["recompiles"] == 0, stats
+    assert stats["max_diff"] <= 1e-5
+
+
+def test_compile_roi_heads_matches_eager():
+    """torch.compile of model.roi_heads (Detectron2's inference code around the plugin's
+    modules) gives the eager detections; graph breaks are Detectron2's (Instances, per-image
+    loops), counted in results/deployment.md."""
+    model = tiny_model()
+    ims = images([(96, 128)], 5)
+    with torch.no_grad():
+        imlist = model.preprocess_image([{"image": im} for im in ims])
+        features = model.backbone(imlist.tensor)
+        proposals, _ = model.proposal_generator(imlist, features, None)
+        ref, _ = model.roi_heads(imlist, features, proposals, None)
+        got, _ = torch.compile(model.roi_heads)(imlist, features, proposals, None)
+    for r, g in zip(ref, got):
+        torch.testing.assert_close(g.pred_boxes.tensor, r.pred_boxes.tensor, atol=BOX_TOL, rtol=0)
+        torch.testing.assert_close(g.scores, r.scores, atol=SCORE_TOL, rtol=0)
+        torch.testing.assert_close(g.pred_masks, r.pred_masks, atol=1e-4, rtol=0)
+
+
+def test_torch_export_box_branch():
+    """torch.export of the ROI heads' box branch (pooler + TwoMLPHead + predictor) with symbolic
+    image and ROI counts, adaptive sampling, equals eager."""
+    heads = tiny_model().roi_heads
+    branch = ExportableBoxBranch(heads)
+    feats = pyramid(2, 96, 128, channels=16)
+    rois = boxes_to_rois([random_boxes(5, 96, 128, 0), random_boxes(7, 96, 128, 1)])
+    images_dim, rois_dim = torch.export.Dim("images"), torch.export.Dim("rois")
+    program = torch.export.export(branch, (*feats, rois), dynamic_shapes=(tuple([{0: images_dim}] * 4 + [{0: rois_dim}]),))
+    feats = pyramid(3, 96, 128, channels=16, seed=3)
+    boxes = [random_boxes(n, 96, 128, 20 + n, max_side=200) for n in (4, 0, 9)]
+    with torch.no_grad():
+        ref = heads.box_predictor(heads.box_head(heads.box_pooler(feats, boxes)))
+    for a, b in zip(program.module()(*feats, boxes_to_rois(boxes)), ref):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=0)

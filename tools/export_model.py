@@ -1,0 +1,304 @@
+#!/usr/bin/env python
+# Copyright (c) roi_plugin authors. Licensed under the Apache License 2.0.
+"""Export a whole Detectron2 R-CNN (backbone, RPN, ROI heads, post-processing) to ONNX.
+
+Example (the shapes demo's trained model)::
+
+    python tools/export_model.py --config-file configs/shapes/mask_rcnn_plugin.yaml \\
+        --checkpoint output/shapes_mask_rcnn_plugin/model_final.pth --output-dir output/deploy \\
+        --verify --compare-builtin --results results/deployment.md
+
+writes ``model.onnx``: Detectron2's ``TracingAdapter`` around ``model.inference`` (what
+Detectron2's ``tools/deploy/export_model.py --export-method tracing --format onnx`` does), opset
+17, input ``image`` (3, H, W) float pixels 0..255 in ``INPUT.FORMAT`` order, H and W dynamic;
+outputs ``pred_boxes`` (N, 4), ``pred_classes`` (N,), ``pred_masks`` (N, 1, M, M) ROI mask
+probabilities (Mask R-CNN), ``scores`` (N,), ``image_size`` (2,), N dynamic. The plugin's
+poolers take their deployment path inside the trace (ONNX ``RoiAlign`` per level, exact under
+adaptive sampling). The graph takes one image: a batch runs one call per image (see
+``roi_plugin/deploy.py`` for why).
+
+``--verify`` runs onnxruntime on batches of 1, 2 and 3 images of sizes the export did not use,
+plus a blank image, and compares each image's detections with the eager model's (boxes and
+scores within ``--box-tol``/``--score-tol``, same classes, mask IoU >= ``--mask-iou``); it exits
+with status 1, printing the differences, when one is beyond. ``--compare-builtin`` does the same
+for the same checkpoint in Detectron2's built-in heads (``StandardROIHeads``,
+``FastRCNNConvFCHead``, ``ROIPooler``): the plugin's parameter names are the built-in ones.
+``--results`` writes the comparison as a markdown table. Trailing ``KEY VALUE`` pairs override
+the config.
+"""
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import get_cfg
+from detectron2.modeling import build_model
+
+from roi_plugin import add_roi_plugin_config
+from roi_plugin.deploy import compare, export_model_onnx, run_eager, run_onnx, time_call
+
+# (height, width) of the verification batches: none is the export's size.
+VERIFY_BATCHES = [[(224, 288)], [(256, 320), (192, 256)], [(288, 224), (160, 352), (256, 256)]]
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config-file", required=True)
+    p.add_argument("--checkpoint", default="", help="weights; empty = the config's MODEL.WEIGHTS")
+    p.add_argument("--output-dir", default="output/deploy")
+    p.add_argument("--height", type=int, default=240, help="height of the example image traced")
+    p.add_argument("--width", type=int, default=272)
+    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--verify", action="store_true", help="compare onnxruntime with eager PyTorch")
+    p.add_argument("--compare-builtin", action="store_true",
+                   help="also export and verify the same checkpoint in Detectron2's built-in heads")
+    p.add_argument("--results", default="", help="write the comparison table (markdown) here")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random init (no checkpoint)")
+    p.add_argument("--compile-check", action="store_true",
+                   help="also run torch.compile(model.roi_heads) on the verification images")
+    p.add_argument("--sizes", default=";".join(",".join(f"{h}x{w}" for h, w in b) for b in VERIFY_BATCHES),
+                   help="verification batches: HxW images separated by ',', batches by ';' "
+                   "(a blank image is added as a last batch of 1)")
+    p.add_argument("--box-tol", type=float, default=1e-3, help="max |box difference| in pixels")
+    p.add_argument("--score-tol", type=float, default=1e-3)
+    p.add_argument("--mask-iou", type=float, default=0.99, help="min IoU of the pasted masks")
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, KEY VALUE ...")
+    return p
+
+
+def setup_cfg(config_file, opts, builtin=False):
+    cfg = get_cfg()
+    add_roi_plugin_config(cfg)
+    cfg.merge_from_file(config_file)
+    cfg.merge_from_list(opts)
+    if builtin:
+        cfg.MODEL.ROI_HEADS.NAME = "StandardROIHeads"
+        cfg.MODEL.ROI_BOX_HEAD.NAME = "FastRCNNConvFCHead"
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.freeze()
+    return cfg
+
+
+def parse_sizes(text):
+    try:
+        return [[tuple(int(v) for v in im.split("x")) for im in batch.split(",")] for batch in text.split(";")]
+    except ValueError:
+        raise SystemExit(f"--sizes {text!r}: expected HxW[,HxW...][;HxW...], e.g. 224x288;256x320,192x256")
+
+
+def verification_images(cfg, batches_hw=VERIFY_BATCHES, seed=0):
+    """Images for the verification batches: the first images of ``DATASETS.TEST[0]`` resized to
+    the sizes of :data:`VERIFY_BATCHES` when that dataset loads, random images otherwise; and a
+    blank (uniform grey) image last."""
+    import cv2
+
+    sizes = [hw for batch in batches_hw for hw in batch]
+    sources = []
+    try:
+        import roi_plugin.data  # noqa: F401  (registers the shapes datasets)
+        from detectron2.data import DatasetCatalog
+        from detectron2.data.detection_utils import read_image
+
+        dicts = DatasetCatalog.get(cfg.DATASETS.TEST[0])
+        sources = [read_image(d["file_name"], format=cfg.INPUT.FORMAT) for d in dicts[: len(sizes)]]
+    except Exception as e:  # no dataset: random images
+        print(f"note: no test images ({type(e).__name__}: {e}); verifying on random images")
+    g = torch.Generator().manual_seed(seed)
+    images = []
+    for k, (h, w) in enumerate(sizes):
+        if k < len(sources):
+            im = cv2.resize(sources[k], (w, h), interpolation=cv2.INTER_LINEAR)
+            images.append(torch.as_tensor(np.ascontiguousarray(im.transpose(2, 0, 1)), dtype=torch.float32))
+        else:
+            images.append(torch.rand(3, h, w, generator=g) * 255)
+    batches, k = [], 0
+    for batch in batches_hw:
+        batches.append(images[k:k + len(batch)])
+        k += len(batch)
+    batches.append([torch.full((3, 208, 240), 127.0)])  # blank
+    return batches
+
+
+def compile_check(model, batches):
+    """torch.compile of ``model.roi_heads`` on each verification image: Dynamo's frames, graph
+    breaks (with reasons) and the max difference from eager."""
+    from roi_plugin.deploy import compile_counts
+
+    class RoiHeadsOnly(torch.nn.Module):  # compile only the heads, eager backbone + RPN outside
+        def __init__(self, m):
+            super().__init__()
+            self.heads = m.roi_heads
+
+        def forward(self, images, features, proposals):
+            inst, _ = self.heads(images, features, proposals, None)
+            return inst[0].pred_boxes.tensor, inst[0].scores, inst[0].pred_masks
+
+    calls = []
+    with torch.no_grad():
+        for im in [im for b in batches for im in b]:
+            images = model.preprocess_image([{"image": im}])
+            features = model.backbone(images.tensor)
+            proposals, _ = model.proposal_generator(images, features, None)
+            calls.append((images, features, proposals))
+    return compile_counts(RoiHeadsOnly(model), calls)
+
+
+def export_and_verify(cfg, checkpoint, out_dir, args, label, state_dict=None):
+    """Export one model; with --verify return its rows of the comparison."""
+    import onnx
+    import onnxruntime as ort
+
+    torch.manual_seed(args.seed)
+    model = build_model(cfg).eval()
+    if state_dict is not None:  # the built-in heads with the plugin model's weights (same names)
+        incompatible = model.load_state_dict(state_dict, strict=False)
+        if incompatible.missing_keys or incompatible.unexpected_keys:
+            raise SystemExit(f"[{label}] the weights do not carry over: {incompatible}")
+    else:
+        DetectionCheckpointer(model).load(checkpoint or cfg.MODEL.WEIGHTS)
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, "model.onnx")
+    g = torch.Generator().manual_seed(123)
+    example = torch.rand(3, args.height, args.width, generator=g) * 255
+    t0 = time.perf_counter()
+    names = export_model_onnx(model, example, path, args.opset)
+    graph = onnx.load(path)
+    onnx.checker.check_model(graph)
+    ops = sorted({n.op_type for n in graph.graph.node})
+    print(f"[{label}] wrote {path} in {time.perf_counter() - t0:.0f} s; outputs {names}; "
+          f"{len(graph.graph.node)} nodes; RoiAlign {'RoiAlign' in ops}, GridSample {'GridSample' in ops}")
+    summary = {"label": label, "path": path, "ops": ops, "rows": [], "ok": True, "model": model}
+    if not args.verify:
+        return summary
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    batches = verification_images(cfg, parse_sizes(args.sizes))
+    for batch in batches:
+        eager = run_eager(model, batch)
+        got = run_onnx(sess, names, batch)
+        for im, e, o in zip(batch, eager, got):
+            r = compare(e, o, tuple(im.shape[1:]), args.score_tol)
+            r.update(batch=len(batch), size=f"{im.shape[1]}x{im.shape[2]}")
+            # Masks: IoU >= --mask-iou, or probabilities within 1e-4 (then pixels flip only where
+            # a probability is within 1e-4 of the 0.5 threshold: near-0.5 masks of a blank image).
+            mask_ok = r.get("mask_iou_min", 1.0) >= args.mask_iou or r.get("mask_prob_diff", 0.0) <= 1e-4
+            bad = (r["unmatched"] or r["box_diff"] > args.box_tol or r["score_diff"] > args.score_tol
+                   or not mask_ok)
+            r["ok"] = not bad
+            summary["ok"] &= r["ok"]
+            summary["rows"].append(r)
+            print(f"[{label}] batch {len(batch)} image {r['size']}: {int(r['detections'])} detections, "
+                  f"box {r['box_diff']:.2e} px, score {r['score_diff']:.2e}, class mismatches "
+                  f"{int(r['class_mismatch'])}, in order {bool(r['in_order'])}, mask prob "
+                  f"{r.get('mask_prob_diff', 0.0):.1e}, mask IoU min {r.get('mask_iou_min', float('nan')):.4f} "
+                  f"-> {'ok' if r['ok'] else 'DIFFERS'}")
+    im = batches[0][0]
+    summary["eager_s"] = time_call(lambda: run_eager(model, [im]))
+    summary["onnx_s"] = time_call(lambda: run_onnx(sess, names, [im]))
+    # What a batched eager call gives (Detectron2 pads a batch to a common size): for the record.
+    batch = max(batches, key=len)
+    padded = run_eager(model, batch, batched=True)
+    alone = run_eager(model, batch)
+    summary["batched_vs_alone"] = [compare(a, p, tuple(i.shape[1:])) for a, p, i in zip(alone, padded, batch)]
+    if args.compile_check:
+        summary["compile"] = compile_check(model, batches)
+        c = summary["compile"]
+        print(f"[{label}] torch.compile(roi_heads): {c['frames']} frames {c['frames_per_call']}, "
+              f"{c['graph_breaks']} graph breaks, max diff {c['max_diff']:.1e}")
+    return summary
+
+
+def write_results(path, summaries, args, cfg):
+    lines = [
+        "# Whole-model deployment: ONNX export of the plugin heads vs Detectron2's built-in heads",
+        "",
+        "Generated by `tools/export_model.py " + " ".join(args.argv) + "`.",
+        "",
+        f"Model: `{args.config_file}` (ROI heads swapped for the built-in row, same checkpoint "
+        f"`{args.checkpoint or cfg.MODEL.WEIGHTS or '(random init)'}`); box pooler sampling ratio "
+        f"{cfg.MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO}, mask pooler "
+        f"{cfg.MODEL.ROI_MASK_HEAD.POOLER_SAMPLING_RATIO} (0 = adaptive). Export: Detectron2's "
+        f"`TracingAdapter` + `torch.onnx.export` (opset {args.opset}, `dynamo=False`) on one "
+        f"{args.height}x{args.width} image; dynamic axes: image height and width, number of "
+        "detections. The number of images is fixed at 1: a batch of B runs as B calls.",
+        "",
+        "Each row: onnxruntime (CPU) vs the eager model run on the same image alone. Detections are "
+        "paired (same class, score within the tolerance, nearest box; 'in order' says whether the "
+        "pairing is the identity); boxes and scores as max |difference| (tolerances "
+        f"{args.box_tol:g} px, {args.score_tol:g}); masks as the max |difference| of the ROI mask "
+        f"probabilities and the minimum IoU of the pasted masks at 0.5 (>= {args.mask_iou:g}, or "
+        "probabilities within 1e-4: then pixels flip only where a probability is within 1e-4 of 0.5).",
+        "",
+        "| heads | batch | image | detections | unmatched | in order | max box diff (px) | max score diff | max mask prob diff | min mask IoU | within tolerance |",
+        "| --- | ---: | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for s in summaries:
+        for r in s["rows"]:
+            lines.append(
+                f"| {s['label']} | {r['batch']} | {r['size']} | {int(r['detections'])}"
+                f" | {int(r['unmatched'])} | {'yes' if r['in_order'] else 'no'} | {r['box_diff']:.1e} | "
+                f"{r['score_diff']:.1e} | {r.get('mask_prob_diff', 0.0):.1e} | {r.get('mask_iou_min', float('nan')):.4f} | "
+                f"{'yes' if r['ok'] else 'NO'} |"
+            )
+    lines += ["", "| heads | graph ops | RoiAlign | GridSample | eager s/image | onnxruntime s/image |",
+              "| --- | ---: | --- | --- | ---: | ---: |"]
+    for s in summaries:
+        lines.append(f"| {s['label']} | {len(s['ops'])} kinds | {'RoiAlign' in s['ops']} | "
+                     f"{'GridSample' in s['ops']} | {s['eager_s']:.3f} | {s['onnx_s']:.3f} |")
+    hw = parse_sizes(args.sizes)[0][0]
+    lines += ["", f"Latency: median of 3 calls after a warm-up, one {hw[0]}x{hw[1]} image, CPU, {torch.get_num_threads()} torch threads, "
+              "onnxruntime defaults, on a shared machine (indicative only).", "",
+              "Eager batch vs eager image alone (Detectron2 pads a batch to a common size, which moves "
+              "border features): why the single-image graph is compared with single-image eager runs."]
+    for s in summaries:
+        for r in s["batched_vs_alone"]:
+            lines.append(f"- {s['label']}: {int(r['detections'])} detections alone, "
+                         f"{int(r['unmatched'])} unmatched, max score diff over pairs {r['score_diff']:.1e}")
+    if not (args.checkpoint or cfg.MODEL.WEIGHTS):
+        lines += ["", f"Note: no checkpoint, so both rows share one random init (seed {args.seed}). A random "
+                  "model's scores are nearly uniform (100 detections per image, ties to float precision, "
+                  "hence 'in order: no' where tied detections left NMS in the other order) and its mask "
+                  "probabilities sit near 0.5 (hence the low IoU on the blank image, with probabilities "
+                  "within 1e-6). Rerun with --checkpoint of a trained model for a deployment figure."]
+    if any("compile" in s for s in summaries):
+        lines += ["", "`torch.compile(model.roi_heads)` (default settings) on the verification images, one "
+                  "call each (eager backbone and RPN outside):", "",
+                  "| heads | frames compiled (per call) | graph breaks | max diff vs eager |", "| --- | --- | ---: | ---: |"]
+        for s in summaries:
+            c = s.get("compile")
+            if c:
+                lines.append(f"| {s['label']} | {c['frames']} ({c['frames_per_call']}) | {c['graph_breaks']} | "
+                             f"{c['max_diff']:.1e} |")
+        reasons = {}
+        for s in summaries:
+            for k, v in (s.get("compile") or {}).get("break_reasons", {}).items():
+                reasons[k.splitlines()[0][:140]] = reasons.get(k.splitlines()[0][:140], 0) + v
+        lines += ["", "Graph-break reasons (both rows):"] + [f"- {v}x {k}" for k, v in sorted(reasons.items(), key=lambda kv: -kv[1])]
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print(f"wrote {path}")
+
+
+def main(argv=None):
+    args = get_parser().parse_args(argv)
+    args.argv = list(argv if argv is not None else sys.argv[1:])
+    cfg = setup_cfg(args.config_file, args.opts)
+    summaries = [export_and_verify(cfg, args.checkpoint, args.output_dir, args, cfg.MODEL.ROI_HEADS.NAME)]
+    if args.compare_builtin:
+        bcfg = setup_cfg(args.config_file, args.opts, builtin=True)
+        summaries.append(export_and_verify(bcfg, args.checkpoint, os.path.join(args.output_dir, "builtin"),
+                                           args, "StandardROIHeads (built-in)",
+                                           state_dict=summaries[0]["model"].state_dict()))
+    if args.results and args.verify:
+        write_results(args.results, summaries, args, cfg)
+    failed = [s["label"] for s in summaries if not s["ok"]]
+    if failed:
+        raise SystemExit(f"--verify failed: onnxruntime differs from eager beyond the tolerances for {failed}")
+    return summaries
+
+
+if __name__ == "__main__":
+    main()
