@@ -315,7 +315,9 @@ def _pooler():
         (lambda f, b: (f + [f[-1]], b), ValueError, r"5 feature maps"),
         (lambda f, b: (f, b[:2]), ValueError, r"boxes for 2 images .* batch size 3"),
         (lambda f, b: (f, b + b[:1]), ValueError, r"boxes for 4 images .* batch size 3"),
-        (lambda f, b: ([f[0], f[1], f[1], f[3]], b), ValueError, r"do not halve"),
+        # Maps out of order (a level larger than the one before). Other sizes are accepted, as
+        # ROIPooler accepts them (tests/test_upstream_detectron2.py pools one map at two scales).
+        (lambda f, b: ([f[0], f[2], f[1], f[3]], b), ValueError, r"finest first.*grows"),
         (lambda f, b: ([f[0], f[1][:, :4], f[2], f[3]], b), ValueError, r"channels"),
         (lambda f, b: ([f[0]] + [x[0] for x in f[1:]], b), ValueError, r"4-D"),
         (lambda f, b: ([x.long() for x in f], b), TypeError, r"floating"),
