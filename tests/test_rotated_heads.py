@@ -145,20 +145,18 @@ def test_plugin_rroi_heads_trains_and_infers(sampler, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the config loads from any working directory
     cfg = rotated_cfg("rrcnn_R_18_FPN_plugin.yaml", "MODEL.ROI_PLUGIN.SAMPLER", sampler)
     torch.manual_seed(0)
-    try:
-        model = build_model(cfg)
-    except ValueError as e:
-        if "'ROIAlignRotated' is not supported" not in str(e):
-            raise
-        # only this error, and only until phase B of issue 10 adds the rotated geometry
-        pytest.xfail("ROIAlignPooler does not accept pooler_type 'ROIAlignRotated' yet (issue 10, phase B)")
+    model = build_model(cfg)
     assert isinstance(model.roi_heads, PluginRROIHeads)
     assert not [m for m in model.modules() if isinstance(m, ROIPooler)]
     assert isinstance(model.roi_heads.box_pooler, ROIAlignPooler)
     assert model.roi_heads.box_pooler.sampler == sampler
+    assert model.roi_heads.box_pooler.pooler_type == "ROIAlignRotated"
+    model.roi_heads.box_predictor.test_score_thresh = 0.0
     assert isinstance(model.roi_heads.box_predictor, RotatedFastRCNNPredictor)
     losses, outputs = train_step_and_infer(model)
     assert set(losses) == {"loss_cls", "loss_box_reg", "loss_rpn_cls", "loss_rpn_loc"}
     assert model.roi_heads.box_predictor.bbox_pred.weight.grad.abs().sum() > 0
     for out in outputs:
-        assert isinstance(out["instances"].pred_boxes, RotatedBoxes)
+        det = out["instances"]
+        assert isinstance(det.pred_boxes, RotatedBoxes) and len(det) > 0
+        assert torch.isfinite(det.pred_boxes.tensor).all()
