@@ -13,6 +13,7 @@ inference stay Detectron2's; the rotated IoU and NMS they call come from
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY
 from detectron2.modeling.roi_heads.rotated_fast_rcnn import RotatedFastRCNNOutputLayers, RROIHeads
 
+from .config import roi_plugin_cfg
 from .predictor import FastRCNNPredictor
 from .roi_heads import build_plugin_pooler
 
@@ -43,7 +44,7 @@ class PluginRROIHeads(RROIHeads):
     def _init_box_head(cls, cfg, input_shape):
         ret = super()._init_box_head(cfg, input_shape)
         ret["box_pooler"] = build_plugin_pooler(
-            cfg, cfg.MODEL.ROI_BOX_HEAD, input_shape, cfg.MODEL.ROI_PLUGIN.SAMPLER
+            cfg, cfg.MODEL.ROI_BOX_HEAD, input_shape, roi_plugin_cfg(cfg).SAMPLER
         )
         ret["box_predictor"] = RotatedFastRCNNPredictor(cfg, ret["box_head"].output_shape)
         return ret

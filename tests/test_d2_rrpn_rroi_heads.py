@@ -13,7 +13,9 @@ the compiled _C, is replaced (in this test's model instance only) by the float64
 its CPU kernel (tests/rotated_reference.py), cast back to float32; ``test_rroi_heads`` compares
 the ROI-head losses only, the RPN losses differing by float32 tie-breaking in the compiled IoU
 kernel (explained in the test), and checks those exact ties instead. Test bodies, seeds,
-expected values and tolerances are otherwise detectron2's.
+expected values and tolerances are otherwise detectron2's. ``test_rroi_heads_on_plugin`` runs
+``test_rroi_heads`` on ``PluginRROIHeads`` (both samplers) with the built-in heads' weights
+loaded strictly, against the same recorded ROI-head losses.
 """
 import logging
 import unittest
@@ -178,6 +180,71 @@ class RROIHeadsTest(unittest.TestCase):
         best = iou.max(dim=1).values
         self.assertEqual(best.tolist(), [4 / 1024, 16 / 1024])  # gt area / anchor area, exactly
         self.assertEqual((iou == best[:, None]).sum(dim=1).tolist(), [15, 15])
+
+    def test_rroi_heads_on_plugin(self):
+        # roi_plugin: test_rroi_heads on PluginRROIHeads (roi_plugin's ROIAlignRotated pooler, both
+        # samplers, and RotatedFastRCNNPredictor), with the weights of the RROIHeads that
+        # detectron2's test builds loaded strictly, so that its recorded ROI-head losses apply.
+        from detectron2.modeling.poolers import ROIPooler
+
+        from roi_plugin import SAMPLERS, PluginRROIHeads, ROIAlignPooler, add_roi_plugin_config
+
+        torch.manual_seed(121)
+        cfg = get_cfg()
+        add_roi_plugin_config(cfg)
+        cfg.MODEL.PROPOSAL_GENERATOR.NAME = "RRPN"
+        cfg.MODEL.ANCHOR_GENERATOR.NAME = "RotatedAnchorGenerator"
+        cfg.MODEL.ROI_HEADS.NAME = "RROIHeads"
+        cfg.MODEL.ROI_BOX_HEAD.NAME = "FastRCNNConvFCHead"
+        cfg.MODEL.ROI_BOX_HEAD.NUM_FC = 2
+        cfg.MODEL.RPN.BBOX_REG_WEIGHTS = (1, 1, 1, 1, 1)
+        cfg.MODEL.RPN.HEAD_NAME = "StandardRPNHead"
+        cfg.MODEL.ROI_BOX_HEAD.POOLER_TYPE = "ROIAlignRotated"
+        cfg.MODEL.ROI_BOX_HEAD.BBOX_REG_WEIGHTS = (10, 10, 5, 5, 1)
+        num_images = 2
+        images_tensor = torch.rand(num_images, 20, 30)
+        image_sizes = [(10, 10), (20, 30)]
+        images = ImageList(images_tensor, image_sizes)
+        num_channels = 1024
+        features = {"res4": torch.rand(num_images, num_channels, 1, 2)}
+        feature_shape = {"res4": ShapeSpec(channels=num_channels, stride=16)}
+
+        image_shape = (15, 15)
+        gt_boxes0 = torch.tensor([[2, 2, 2, 2, 30], [4, 4, 4, 4, 0]], dtype=torch.float32)
+        gt_instance0 = Instances(image_shape)
+        gt_instance0.gt_boxes = RotatedBoxes(gt_boxes0)
+        gt_instance0.gt_classes = torch.tensor([2, 1])
+        gt_boxes1 = torch.tensor([[1.5, 5.5, 1, 3, 0], [8.5, 4, 3, 2, -50]], dtype=torch.float32)
+        gt_instance1 = Instances(image_shape)
+        gt_instance1.gt_boxes = RotatedBoxes(gt_boxes1)
+        gt_instance1.gt_classes = torch.tensor([1, 2])
+        gt_instances = [gt_instance0, gt_instance1]
+
+        proposal_generator = build_proposal_generator(cfg, feature_shape)
+        builtin_heads = build_roi_heads(cfg, feature_shape)  # draws detectron2's initial weights
+        rng = torch.get_rng_state()  # proposal sampling draws from it: the state of upstream's test
+        expected_losses = {"loss_cls": 4.365657806396484, "loss_box_reg": 0.0015851043863222003}
+        for sampler in SAMPLERS:
+            with self.subTest(sampler=sampler):
+                cfg.defrost()
+                cfg.MODEL.ROI_HEADS.NAME = "PluginRROIHeads"
+                cfg.MODEL.ROI_PLUGIN.SAMPLER = sampler
+                roi_heads = build_roi_heads(cfg, feature_shape)
+                self.assertIsInstance(roi_heads, PluginRROIHeads)
+                self.assertFalse([m for m in roi_heads.modules() if isinstance(m, ROIPooler)])
+                self.assertIsInstance(roi_heads.box_pooler, ROIAlignPooler)
+                roi_heads.load_state_dict(builtin_heads.state_dict(), strict=True)
+                torch.set_rng_state(rng)
+                with EventStorage():  # capture events in a new storage to discard them
+                    proposals, proposal_losses = proposal_generator(images, features, gt_instances)
+                    _, detector_losses = roi_heads(images, features, proposals, gt_instances)
+                for name, value in expected_losses.items():
+                    self.assertTrue(
+                        torch.allclose(detector_losses[name], torch.tensor(value)),
+                        "Losses has changed! New losses: {}".format(
+                            {k: v.item() for k, v in detector_losses.items()}
+                        ),
+                    )
 
 
 if __name__ == "__main__":

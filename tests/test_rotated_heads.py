@@ -145,20 +145,51 @@ def test_plugin_rroi_heads_trains_and_infers(sampler, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the config loads from any working directory
     cfg = rotated_cfg("rrcnn_R_18_FPN_plugin.yaml", "MODEL.ROI_PLUGIN.SAMPLER", sampler)
     torch.manual_seed(0)
-    try:
-        model = build_model(cfg)
-    except ValueError as e:
-        if "'ROIAlignRotated' is not supported" not in str(e):
-            raise
-        # only this error, and only until phase B of issue 10 adds the rotated geometry
-        pytest.xfail("ROIAlignPooler does not accept pooler_type 'ROIAlignRotated' yet (issue 10, phase B)")
+    model = build_model(cfg)
     assert isinstance(model.roi_heads, PluginRROIHeads)
     assert not [m for m in model.modules() if isinstance(m, ROIPooler)]
     assert isinstance(model.roi_heads.box_pooler, ROIAlignPooler)
     assert model.roi_heads.box_pooler.sampler == sampler
+    assert model.roi_heads.box_pooler.pooler_type == "ROIAlignRotated"
+    model.roi_heads.box_predictor.test_score_thresh = 0.0
     assert isinstance(model.roi_heads.box_predictor, RotatedFastRCNNPredictor)
     losses, outputs = train_step_and_infer(model)
     assert set(losses) == {"loss_cls", "loss_box_reg", "loss_rpn_cls", "loss_rpn_loc"}
     assert model.roi_heads.box_predictor.bbox_pred.weight.grad.abs().sum() > 0
     for out in outputs:
-        assert isinstance(out["instances"].pred_boxes, RotatedBoxes)
+        det = out["instances"]
+        assert isinstance(det.pred_boxes, RotatedBoxes) and len(det) > 0
+        assert torch.isfinite(det.pred_boxes.tensor).all()
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_plugin_model_equals_builtin_model_with_reference_pooler(sampler, tmp_path, monkeypatch):
+    """The whole rotated detector, plugin vs built-in twin (Detectron2's RROIHeads with the float64
+    kernel transcription as its level poolers), same weights (loaded strictly): the training
+    losses and the detections agree."""
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    builtin = build_model(rotated_cfg("rrcnn_R_18_FPN_builtin.yaml"))
+    for k, level in enumerate(builtin.roi_heads.box_pooler.level_poolers):
+        builtin.roi_heads.box_pooler.level_poolers[k] = reference_level_pooler(level)
+    plugin = build_model(rotated_cfg("rrcnn_R_18_FPN_plugin.yaml", "MODEL.ROI_PLUGIN.SAMPLER", sampler))
+    plugin.load_state_dict(builtin.state_dict(), strict=True)
+    results = []
+    for model in (builtin, plugin):
+        model.roi_heads.box_predictor.test_score_thresh = 0.0
+        model.train()
+        torch.manual_seed(1)  # proposal sampling
+        with EventStorage():
+            losses = model(rotated_batch())
+        model.eval()
+        with torch.no_grad():
+            results.append((losses, model(rotated_batch())))
+    (losses_b, det_b), (losses_p, det_p) = results
+    assert set(losses_b) == set(losses_p)
+    for k in losses_b:
+        torch.testing.assert_close(losses_p[k], losses_b[k], rtol=1e-4, atol=1e-6)
+    for out_b, out_p in zip(det_b, det_p):
+        b, p = out_b["instances"], out_p["instances"]
+        assert len(b) > 0 and len(p) == len(b)
+        torch.testing.assert_close(p.scores, b.scores, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(p.pred_boxes.tensor, b.pred_boxes.tensor, rtol=1e-4, atol=1e-3)

@@ -4,7 +4,8 @@
 
 A drop-in passes the host framework's tests for what it replaces. Changes from upstream: the
 op under test is ``ROIAlignPooler`` (one level at scale 1.0 stands in for the ``ROIAlign``
-layer, called with one box list instead of a ``(K, 5)`` tensor), every test runs with both
+layer, called with one box list instead of a ``(K, 5)`` tensor; in the ROIAlignV2-vs-ROIAlignRotated
+test both poolers are ``ROIAlignPooler``), every test runs with both
 samplers, CUDA branches and the benchmark are dropped, pytest instead of unittest, and
 random inputs are seeded. Assertions and tolerances are upstream's.
 """
@@ -14,7 +15,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from detectron2.structures import Boxes
+from detectron2.structures import Boxes, RotatedBoxes
 from detectron2.utils.testing import random_boxes
 
 from roi_plugin import SAMPLERS, ROIAlignPooler
@@ -155,3 +156,54 @@ def test_roi_pooler_tracing(sampler):
         assert o.shape == (5, 4, 14, 14)
         o = func(feature, random_boxes(20, W * canonical_scale_factor))
         assert o.shape == (20, 4, 14, 14)
+
+
+def test_roialignv2_roialignrotated_match(sampler):
+    # upstream's _test_roialignv2_roialignrotated_match (CPU), both poolers being ROIAlignPooler
+    pooler_resolution = 14
+    canonical_level = 4
+    canonical_scale_factor = 2**canonical_level
+    pooler_scales = (1.0 / canonical_scale_factor,)
+    sampling_ratio = 0
+
+    N, C, H, W = 2, 4, 10, 8
+    N_rois = 10
+    std = 11
+    mean = 0
+    feature = (torch.rand(N, C, H, W) - 0.5) * 2 * std + mean
+
+    features = [feature]
+
+    rois = []
+    rois_rotated = []
+    for _ in range(N):
+        boxes = random_boxes(N_rois, W * canonical_scale_factor)
+        rotated_boxes = torch.zeros(N_rois, 5)
+        rotated_boxes[:, 0] = (boxes[:, 0] + boxes[:, 2]) / 2.0
+        rotated_boxes[:, 1] = (boxes[:, 1] + boxes[:, 3]) / 2.0
+        rotated_boxes[:, 2] = boxes[:, 2] - boxes[:, 0]
+        rotated_boxes[:, 3] = boxes[:, 3] - boxes[:, 1]
+        rois.append(Boxes(boxes))
+        rois_rotated.append(RotatedBoxes(rotated_boxes))
+
+    roialignv2_pooler = ROIAlignPooler(
+        output_size=pooler_resolution,
+        scales=pooler_scales,
+        sampling_ratio=sampling_ratio,
+        pooler_type="ROIAlignV2",
+        sampler=sampler,
+    )
+
+    roialignv2_out = roialignv2_pooler(features, rois)
+
+    roialignrotated_pooler = ROIAlignPooler(
+        output_size=pooler_resolution,
+        scales=pooler_scales,
+        sampling_ratio=sampling_ratio,
+        pooler_type="ROIAlignRotated",
+        sampler=sampler,
+    )
+
+    roialignrotated_out = roialignrotated_pooler(features, rois_rotated)
+
+    assert torch.allclose(roialignv2_out, roialignrotated_out, atol=1e-4)

@@ -3,6 +3,7 @@
 
 * :mod:`.levels`       which level pools a box (the FPN rule);
 * :mod:`.geometry`     where its sample points lie and which pixels each one reads;
+* :mod:`.rotated_geometry`  the same for rotated boxes (``pooler_type="ROIAlignRotated"``);
 * :mod:`.gather_plan`, :mod:`.gather`   the default sampler: bins summed from bags of taps;
 * :mod:`.grid_sample`  the other sampler: bins summed from ``F.grid_sample`` reads;
 * :mod:`.static`       the shape-static path used while tracing / exporting;

@@ -41,10 +41,18 @@ def _group_taps(group: SampleGroup, row0: int, h: int, w: int, ph: int, pw: int)
     """The taps of one sample group: (index (T,), weight (T,), bag sizes (n*Ph*Pw,)) in bin order."""
     n, nbins, device = group.rois.numel(), ph * pw, group.rois.device
     b, ys, xs = group.batch, group.ys, group.xs
-    yi = torch.stack([ys.low, ys.high], -1)  # (n, ph, gh, 2)
-    xi = torch.stack([xs.low, xs.high], -1)  # (n, pw, gw, 2)
+    yi = torch.stack([ys.low, ys.high], -1)  # (n, ph, gh, 2); dense: (n, ph, pw, gh, gw, 2)
+    xi = torch.stack([xs.low, xs.high], -1)  # (n, pw, gw, 2); dense: (n, ph, pw, gh, gw, 2)
     yw = torch.stack([ys.w_low, ys.w_high], -1)
     xw = torch.stack([xs.w_low, xs.w_high], -1)
+    if ys.coord.dim() == 5:
+        # Dense samples (rotated boxes): each axis is (n, ph, pw, gh, gw, 2) already; a bin's
+        # bag is the (gh, gw, 2, 2) taps of its own samples.
+        row = (row0 + b * (h * w))[:, None, None, None, None, None] + yi * w
+        idx = (row[..., :, None] + xi[..., None, :]).reshape(n * nbins, -1)
+        wt = (yw[..., :, None] * xw[..., None, :]).reshape(n * nbins, -1)
+        keep = wt != 0
+        return idx[keep], wt[keep], keep.sum(1)
     # (n, ph, pw, gh, 2, gw, 2): a bag of up to 4*gh*gw taps per bin; taps of weight 0 are dropped.
     live = (yw.sum((2, 3)) > 0)[:, :, None] & (xw.sum((2, 3)) > 0)[:, None, :]  # (n, ph, pw)
     if int(live.sum()) * 2 < live.numel():

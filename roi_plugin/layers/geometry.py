@@ -31,7 +31,10 @@ from typing import List, NamedTuple, Optional, Tuple
 
 import torch
 
-__all__ = ["AxisSamples", "SampleGroup", "LevelSamples", "level_boxes", "axis_samples", "sample_groups"]
+__all__ = [
+    "AxisSamples", "SampleGroup", "LevelSamples", "level_boxes", "axis_samples", "bilinear_taps", "grid_groups",
+    "sample_groups",
+]
 
 
 class AxisSamples(NamedTuple):
@@ -54,16 +57,19 @@ class SampleGroup(NamedTuple):
 
     The sample of ROI ``r``, bin ``(py, px)`` and sub-bin ``(i, j)`` is at
     ``(ys.coord[r, py, i], xs.coord[r, px, j])`` and has weight
-    ``(ys.w_low + ys.w_high)[r, py, i] * (xs.w_low + xs.w_high)[r, px, j]``. A non-separable
-    geometry (rotated boxes) would carry samples of shape (n, Ph, Pw, gh, gw) instead; the
-    samplers broadcast the two axes in one place each (``gather_plan._group_taps``,
-    ``grid_sample._group_points``), see docs/ARCHITECTURE.md.
+    ``(ys.w_low + ys.w_high)[r, py, i] * (xs.w_low + xs.w_high)[r, px, j]``. The rotated
+    geometry (:mod:`.rotated_geometry`) is not separable: its ``ys`` and ``xs`` are *dense*,
+    both (n, Ph, Pw, gh, gw), the sample of ``(r, py, px, i, j)`` at
+    ``(ys.coord[r, py, px, i, j], xs.coord[r, py, px, i, j])``, weight the product of the two
+    at that index. The samplers tell the two apart by ``ys.coord.dim()`` in one place each
+    (``gather_plan._group_taps``, ``grid_sample._group_points`` / ``_grid_sample_units``),
+    see docs/ARCHITECTURE.md.
     """
 
     rois: torch.Tensor  # (n,) int64 positions of these ROIs in the pooler's output
     batch: torch.Tensor  # (n,) int64 image of each ROI
-    ys: Optional[AxisSamples]  # (n, Ph, gh); None: no samples (empty aligned ROIs), output 0
-    xs: Optional[AxisSamples]  # (n, Pw, gw); None with ys
+    ys: Optional[AxisSamples]  # (n, Ph, gh), dense (n, Ph, Pw, gh, gw); None: no samples, output 0
+    xs: Optional[AxisSamples]  # (n, Pw, gw), dense (n, Ph, Pw, gh, gw); None with ys
 
 
 class LevelSamples(NamedTuple):
@@ -129,20 +135,51 @@ def axis_samples(
     # Same association as the kernel: start + p*bin + (i+0.5)*bin/grid.
     coord = start_w[:, None, None] + p_w * bin_w + i * bin_w / g_w
     valid = (coord >= -1.0) & (coord <= size) & (i < g_w)
+    return bilinear_taps(coord, valid, g, size, start.dtype)
+
+
+def bilinear_taps(
+    coord: torch.Tensor, valid: torch.Tensor, g: torch.Tensor, size: int, dtype: torch.dtype
+) -> AxisSamples:
+    """The two linear-interpolation taps of sample coordinates ``coord`` along an axis of ``size``
+    pixels (clamp to >= 0, ``low = floor``, the last pixel's rule), weighted by ``valid / g``.
+
+    Shared by the upright geometry (``coord`` (n, P, G)) and the rotated one
+    (:mod:`.rotated_geometry`, ``coord`` (n, Ph, Pw, Gh, Gw)); ``g`` broadcasts against ``coord``.
+    Returns :class:`AxisSamples` in ``dtype``.
+    """
     c = coord.clamp(min=0)
     low = c.floor().to(torch.int64)
     at_edge = low >= size - 1
     low = torch.where(at_edge, torch.full_like(low, size - 1), low).clamp(min=0)
     high = torch.where(at_edge, low, low + 1).clamp(max=max(size - 1, 0))
-    frac = torch.where(at_edge, torch.zeros_like(c), c - low.to(c.dtype)).to(start.dtype)
-    coord = coord.to(start.dtype)
-    scale = valid.to(start.dtype) / g
+    frac = torch.where(at_edge, torch.zeros_like(c), c - low.to(c.dtype)).to(dtype)
+    coord = coord.to(dtype)
+    scale = valid.to(dtype) / g
     return AxisSamples(coord, low, high, (1.0 - frac) * scale, frac * scale)
 
 
-def _bucket(g: torch.Tensor) -> torch.Tensor:
-    """Round grid sizes up to a power of two (0 stays 0): few sampling groups per level."""
-    return torch.where(g > 0, 2 ** torch.ceil(torch.log2(g.clamp(min=1).double())).long(), g)
+def _bucket(g: torch.Tensor, exact_up_to: int = 0) -> torch.Tensor:
+    """Round grid sizes above ``exact_up_to`` up to a power of two (0 stays 0): few sampling
+    groups per level."""
+    pow2 = torch.where(g > 0, 2 ** torch.ceil(torch.log2(g.clamp(min=1).double())).long(), g)
+    return pow2 if exact_up_to <= 0 else torch.where(g <= exact_up_to, g, pow2)
+
+
+def grid_groups(gh: torch.Tensor, gw: torch.Tensor, exact_up_to: int = 0) -> List[Tuple[torch.Tensor, int, int]]:
+    """ROIs (positions in ``gh``/``gw``) sampled together and their ``(Gh, Gw)`` layout.
+
+    ROIs whose grid sizes round up to the same powers of two (sizes up to ``exact_up_to``
+    are kept exact) share a layout, extra samples masked: one group for a fixed ratio, a
+    handful per level under adaptive sampling.
+    """
+    bh, bw = _bucket(gh, exact_up_to), _bucket(gw, exact_up_to)
+    key = bh * (int(bw.max()) + 1) + bw
+    out = []
+    for k in torch.unique(key).tolist():
+        sel = (key == k).nonzero().flatten()
+        out.append((sel, int(gh[sel].max()), int(gw[sel].max())))
+    return out
 
 
 def sample_groups(
@@ -177,14 +214,7 @@ def sample_groups(
             gh = torch.ceil(height / ph).to(torch.int64).clamp(min=0)
             gw = torch.ceil(width / pw).to(torch.int64).clamp(min=0)
         groups = []
-        # ROIs whose grid sizes round up to the same powers of two are sampled together
-        # on a (Gh, Gw) layout, extra samples masked: one group for a fixed ratio, a
-        # handful per level under adaptive sampling.
-        bh, bw = _bucket(gh), _bucket(gw)
-        key = bh * (int(bw.max()) + 1) + bw
-        for k in torch.unique(key).tolist():
-            sel = (key == k).nonzero().flatten()
-            g_h, g_w = int(gh[sel].max()), int(gw[sel].max())
+        for sel, g_h, g_w in grid_groups(gh, gw):
             if g_h == 0 or g_w == 0:  # empty aligned ROIs: no samples, output 0
                 groups.append(SampleGroup(rois[sel], batch[rois[sel]], None, None))
                 continue

@@ -14,6 +14,7 @@ The sample points of all ROIs of all images of a level (any adaptive grid sizes)
 through one ``grid_sample`` call (a few for many ROIs, to bound memory). ``GridSample`` is a
 standard ONNX operator, so this formulation is also the export path's (:mod:`.static`).
 """
+import math
 from typing import List, Tuple
 
 import torch
@@ -35,6 +36,8 @@ def _group_points(group: SampleGroup, h: int, w: int, ph: int, pw: int):
     # Per-sample weight: validity (within one pixel of the map, within the ROI's own grid)
     # times the 1/(gh*gw) of the mean.
     vy, vx = ys.w_low + ys.w_high, xs.w_low + xs.w_high  # (n, ph, gh), (n, pw, gw)
+    if gy.dim() == 5:  # dense samples (rotated boxes), all (n, ph, pw, gh, gw): one unit per ROI
+        return (group.batch, gy, gx, vy, vx), None
     live = (vy.sum(2) > 0)[:, :, None] & (vx.sum(2) > 0)[:, None, :]  # (n, ph, pw)
     if int(live.sum()) * 2 < live.numel():
         # Mostly empty bins (ROIs far larger than the map): sample each live bin as a
@@ -102,7 +105,7 @@ def _grid_sample_calls(sets, level_positions: int) -> List[List[int]]:
     quarter of that (measured on the benchmark's 2 x 512 ROIs under adaptive sampling: 1.65x
     ROIPooler's peak memory, against 1.95x with level-sized calls).
     """
-    sizes = [b.numel() * gy.shape[1] * gy.shape[2] * gx.shape[1] * gx.shape[2] for b, gy, gx, _, _ in sets]
+    sizes = [b.numel() * math.prod(_unit_layout(gy, gx)) for b, gy, gx, _, _ in sets]
     budget = level_positions if sum(sizes) <= level_positions else level_positions // 4
     calls: List[List[int]] = []
     points = 0
@@ -116,6 +119,14 @@ def _grid_sample_calls(sets, level_positions: int) -> List[List[int]]:
     return calls
 
 
+def _unit_layout(gy: torch.Tensor, gx: torch.Tensor) -> Tuple[int, int, int]:
+    """``(uh, uw, samples per bin)`` of a unit set: separable ``gy`` (n, uh, gh) and ``gx``
+    (n, uw, gw), or dense, both (n, uh, uw, gh, gw)."""
+    if gy.dim() == 5:
+        return gy.shape[1], gy.shape[2], gy.shape[3] * gy.shape[4]
+    return gy.shape[1], gx.shape[1], gy.shape[2] * gx.shape[2]
+
+
 def _grid_sample_units(feat: torch.Tensor, sets) -> List[torch.Tensor]:
     """Average-pool sets of sampling units (ROIs, or single bins of ROIs) of one level with a
     single ``grid_sample`` call.
@@ -127,14 +138,15 @@ def _grid_sample_units(feat: torch.Tensor, sets) -> List[torch.Tensor]:
     Args:
         feat: (B, C, H, W) level.
         sets: list of ``(b, gy, gx, vy, vx)``: b (n,) image of each unit; gy, gx (n, uh, gh),
-            (n, uw, gw) normalised sample coordinates of uh x uw bins; vy, vx same shapes,
-            per-sample weights (validity x 1/grid) along each axis.
+            (n, uw, gw) normalised sample coordinates of uh x uw bins, or dense ones, both
+            (n, uh, uw, gh, gw) (rotated boxes); vy, vx same shapes, per-sample weights
+            (validity x 1/grid) along each axis.
     Returns:
         one (n, C, uh, uw) tensor per set: for each bin the weighted sum of its gh x gw samples.
     """
     bsz, channels = feat.shape[:2]
     device = feat.device
-    shapes = [(b.numel(), gy.shape[1], gx.shape[1], gy.shape[2] * gx.shape[2]) for b, gy, gx, _, _ in sets]
+    shapes = [(b.numel(), *_unit_layout(gy, gx)) for b, gy, gx, _, _ in sets]
     # Every image's points (and bins) are laid out one unit after the other: the start of each
     # unit within its image, for bins and for sample points.
     unit_image = torch.cat([b for b, _, _, _, _ in sets])
@@ -167,8 +179,11 @@ def _grid_sample_units(feat: torch.Tensor, sets) -> List[torch.Tensor]:
             continue
         # Points in (unit, bin row, bin column, sample row, sample column) order, so that the
         # samples of a bin are consecutive.
-        pts = torch.stack(torch.broadcast_tensors(gx[:, None, :, None, :], gy[:, :, None, :, None]), -1)
-        w = vy[:, :, None, :, None] * vx[:, None, :, None, :]  # (n, uh, uw, gh, gw)
+        if gy.dim() == 5:  # dense: every point has its own (y, x)
+            pts, w = torch.stack([gx, gy], -1), vy * vx
+        else:
+            pts = torch.stack(torch.broadcast_tensors(gx[:, None, :, None, :], gy[:, :, None, :, None]), -1)
+            w = vy[:, :, None, :, None] * vx[:, None, :, None, :]  # (n, uh, uw, gh, gw)
         slots = point_start[u0:u0 + n, None] + torch.arange(uh * uw * g, device=device)
         bins = bin_start[u0:u0 + n, None] + torch.arange(uh * uw, device=device).repeat_interleave(g)
         grid[b[:, None], slots] = pts.reshape(n, -1, 2)

@@ -29,11 +29,16 @@ def assign_boxes_to_levels(
     on a level boundary lands where Detectron2 puts it.
 
     Args:
-        boxes: (N, 4) boxes ``x1, y1, x2, y2`` in input-image pixels.
+        boxes: (N, 4) boxes ``x1, y1, x2, y2`` in input-image pixels, or (N, 5) rotated boxes
+            ``x_ctr, y_ctr, w, h, angle``, whose area is ``w * h`` (``RotatedBoxes.area()``,
+            as Detectron2's ``ROIPooler`` computes it).
     Returns:
         (N,) int64 level index relative to ``min_level`` (0 for P{min_level}).
     """
-    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    if boxes.shape[1] == 5:
+        area = boxes[:, 2] * boxes[:, 3]
+    else:
+        area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     level = torch.floor(canonical_level + torch.log2(torch.sqrt(area) / canonical_box_size + 1e-8))
     level = torch.clamp(level, min=min_level, max=max_level)
     return level.to(torch.int64) - min_level

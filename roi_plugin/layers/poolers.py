@@ -7,7 +7,9 @@ them into bins: ``"gather"`` (:mod:`.gather`, ``embedding_bag`` over bilinear ta
 default, fastest on CPU) or ``"grid_sample"`` (:mod:`.grid_sample`). While traced or
 exported it takes the static path (:mod:`.static`). Both samplers reproduce
 ``torchvision.ops.roi_align`` (the kernel behind Detectron2's ``ROIPooler``) sample for
-sample; see ``tests/test_pooler.py``.
+sample; see ``tests/test_pooler.py``. With ``pooler_type="ROIAlignRotated"`` the boxes are
+rotated, ``(x_ctr, y_ctr, w, h, angle)``, and the samples come from :mod:`.rotated_geometry`
+(Detectron2's ``ROIAlignRotated`` kernel); the samplers are the same.
 """
 from typing import List, Sequence, Tuple, Union
 
@@ -20,13 +22,15 @@ from .gather import gather_roi_align
 from .geometry import sample_groups
 from .grid_sample import grid_sample_roi_align
 from .levels import assign_boxes_to_levels, pyramid_levels
+from .rotated_geometry import rotated_sample_groups
 from .static import EXPORT_MAX_GRID, grid_sample_static, is_exporting, roi_align_levels
 
 __all__ = ["ROIAlignPooler", "GridSampleROIPooler", "SAMPLERS", "POOLER_TYPES"]
 
 _SAMPLERS = {"gather": gather_roi_align, "grid_sample": grid_sample_roi_align}
 SAMPLERS = tuple(_SAMPLERS)  # ("gather", "grid_sample")
-POOLER_TYPES = {"ROIAlign": False, "ROIAlignV2": True}  # name -> aligned (half-pixel offset)
+# name -> aligned (half-pixel offset); ROIAlignRotated (rotated boxes) is always aligned
+POOLER_TYPES = {"ROIAlign": False, "ROIAlignV2": True, "ROIAlignRotated": True}
 
 
 class ROIAlignPooler(nn.Module):
@@ -40,13 +44,15 @@ class ROIAlignPooler(nn.Module):
             ``ceil(roi_size / output_size)`` per ROI and axis, as torchvision does.
         pooler_type: ``"ROIAlignV2"`` (aligned: a box edge at pixel coordinate x maps to
             ``x * scale - 0.5`` in the level's pixel-centre coordinates) or ``"ROIAlign"``
-            (legacy, no half-pixel shift, ROI extent clamped to >= 1 level pixel).
+            (legacy, no half-pixel shift, ROI extent clamped to >= 1 level pixel), or
+            ``"ROIAlignRotated"``: rotated boxes ``(x_ctr, y_ctr, w, h, angle)`` (angle in
+            degrees, counter-clockwise), Detectron2's ``ROIAlignRotated`` (always aligned).
         canonical_box_size, canonical_level: ``k0`` and the 224 of the level rule.
         sampler: ``"gather"`` (default, fastest on CPU) or ``"grid_sample"``.
 
     Call: ``pooler(features, box_lists)`` with ``features`` a list of (B, C, H_l, W_l)
     maps matching ``scales`` and ``box_lists`` a list of B ``Boxes`` or (N_i, 4) tensors
-    in input-image pixels. Returns (sum N_i, C, h, w) in the features' dtype and
+    (``RotatedBoxes`` or (N_i, 5) tensors for ``ROIAlignRotated``) in input-image pixels. Returns (sum N_i, C, h, w) in the features' dtype and
     device, ROIs in input order.
     """
 
@@ -84,6 +90,7 @@ class ROIAlignPooler(nn.Module):
         self.sampling_ratio = int(sampling_ratio)
         self.pooler_type = pooler_type
         self.aligned = POOLER_TYPES[pooler_type]
+        self.rotated = pooler_type == "ROIAlignRotated"
         self.sampler = sampler
         self.canonical_box_size = canonical_box_size
         self.canonical_level = canonical_level
@@ -101,7 +108,8 @@ class ROIAlignPooler(nn.Module):
         """
         Args:
             x: list of L feature maps (B, C, H_l, W_l), finest first, matching ``scales``.
-            box_lists: list of B ``Boxes`` (or (N_i, 4) tensors), input-image pixels.
+            box_lists: list of B ``Boxes`` (or (N_i, 4) tensors), input-image pixels;
+                ``RotatedBoxes`` (or (N_i, 5) tensors) for ``ROIAlignRotated``.
         Returns:
             Tensor (sum_i N_i, C, h, w): pooled features, ROIs in input order.
 
@@ -109,6 +117,8 @@ class ROIAlignPooler(nn.Module):
         (static shapes, the same values); eagerly, the configured sampler.
         """
         if torch.jit.is_scripting():
+            if self.rotated:
+                raise NotImplementedError("ROIAlignPooler cannot be scripted for pooler_type 'ROIAlignRotated'")
             rois = torch.cat(
                 [torch.cat([torch.full_like(b.tensor[:, :1], i), b.tensor], 1) for i, b in enumerate(box_lists)]
             )
@@ -119,8 +129,13 @@ class ROIAlignPooler(nn.Module):
     def _forward_python(self, x: List[torch.Tensor], box_lists) -> torch.Tensor:
         self._check_features(x)
         batch, channels = x[0].shape[:2]
-        boxes = self._check_boxes(box_lists, batch, x[0].device)
+        boxes = self._check_boxes(box_lists, batch, x[0].device, self.rotated)
         if is_exporting():
+            if self.rotated:
+                raise NotImplementedError(
+                    "ROIAlignPooler has no static (trace/export/compile) path for pooler_type "
+                    "'ROIAlignRotated'; rotated boxes are pooled eagerly only"
+                )
             # Static-shape path: the eager samplers' grouping would be frozen by a trace, and
             # their Python values from box data would break Dynamo's graphs.
             fdt = torch.float64 if x[0].dtype == torch.float64 else torch.float32
@@ -139,12 +154,17 @@ class ROIAlignPooler(nn.Module):
             [torch.full((len(b),), i, dtype=torch.int64, device=x[0].device) for i, b in enumerate(boxes)]
         )
         sizes = [(f.shape[2], f.shape[3]) for f in x]
-        levels = sample_groups(all_boxes, batch_of, self._route(all_boxes), sizes, self.scales,
-                               self.output_size, self.sampling_ratio, self.aligned)
+        if self.rotated:
+            levels = rotated_sample_groups(all_boxes, batch_of, self._route(all_boxes), sizes, self.scales,
+                                           self.output_size, self.sampling_ratio, compute_dtype)
+        else:
+            levels = sample_groups(all_boxes, batch_of, self._route(all_boxes), sizes, self.scales,
+                                   self.output_size, self.sampling_ratio, self.aligned)
         return _SAMPLERS[self.sampler](list(x), levels, num_rois, self.output_size, compute_dtype)
 
     def _route(self, boxes: torch.Tensor) -> torch.Tensor:
-        """(N,) level of each of the (N, 4) boxes, as an index into the feature list."""
+        """(N,) level of each of the (N, 4) boxes (or (N, 5) rotated ones, by their area
+        ``w * h``), as an index into the feature list."""
         if len(self.scales) == 1:
             return torch.zeros(len(boxes), dtype=torch.int64, device=boxes.device)
         # Routed in float32 whatever the maps' dtype: Detectron2's Boxes are float32, so
@@ -225,9 +245,10 @@ class ROIAlignPooler(nn.Module):
                         )
 
     @staticmethod
-    def _check_boxes(box_lists, batch: int, device: torch.device) -> List[torch.Tensor]:
+    def _check_boxes(box_lists, batch: int, device: torch.device, rotated: bool = False) -> List[torch.Tensor]:
         if not isinstance(box_lists, (list, tuple)):
-            raise TypeError("box_lists must be a list with one Boxes (or Nx4 tensor) per image")
+            kind = "RotatedBoxes (or Nx5 tensor)" if rotated else "Boxes (or Nx4 tensor)"
+            raise TypeError(f"box_lists must be a list with one {kind} per image")
         if len(box_lists) != batch:
             raise ValueError(
                 f"got boxes for {len(box_lists)} images but the features have batch size {batch}"
@@ -237,7 +258,12 @@ class ROIAlignPooler(nn.Module):
             t = getattr(b, "tensor", b)
             if not isinstance(t, torch.Tensor):
                 raise TypeError(f"boxes of image {i} are {type(b).__name__}, not Boxes or a tensor")
-            if t.dim() != 2 or t.shape[1] != 4:
+            if rotated and (t.dim() != 2 or t.shape[1] != 5):
+                raise ValueError(
+                    f"boxes of image {i} must be Nx5 (x_ctr, y_ctr, w, h, angle) for pooler_type "
+                    f"'ROIAlignRotated', got {tuple(t.shape)}"
+                )
+            if not rotated and (t.dim() != 2 or t.shape[1] != 4):
                 raise ValueError(f"boxes of image {i} must be Nx4 (x1, y1, x2, y2), got {tuple(t.shape)}")
             if t.device != device:
                 raise ValueError(f"boxes of image {i} are on {t.device} but the features on {device}")
@@ -250,13 +276,22 @@ class ROIAlignPooler(nn.Module):
                     raise ValueError(
                         f"boxes of image {i} have non-finite coordinates (box {bad}: {t[bad].tolist()})"
                     )
-                inverted = (t[:, 2] < t[:, 0]) | (t[:, 3] < t[:, 1])
-                if bool(inverted.any()):
-                    bad = inverted.nonzero()[0, 0].item()
-                    raise ValueError(
-                        f"boxes of image {i} are inverted (x2 < x1 or y2 < y1; box {bad}: "
-                        f"{t[bad].tolist()}); boxes must be x1, y1, x2, y2"
-                    )
+                if rotated:
+                    negative = (t[:, 2] < 0) | (t[:, 3] < 0)
+                    if bool(negative.any()):
+                        bad = negative.nonzero()[0, 0].item()
+                        raise ValueError(
+                            f"boxes of image {i} have a negative width or height (box {bad}: "
+                            f"{t[bad].tolist()}); rotated boxes must be x_ctr, y_ctr, w, h, angle"
+                        )
+                else:
+                    inverted = (t[:, 2] < t[:, 0]) | (t[:, 3] < t[:, 1])
+                    if bool(inverted.any()):
+                        bad = inverted.nonzero()[0, 0].item()
+                        raise ValueError(
+                            f"boxes of image {i} are inverted (x2 < x1 or y2 < y1; box {bad}: "
+                            f"{t[bad].tolist()}); boxes must be x1, y1, x2, y2"
+                        )
             out.append(t)
         return out
 
