@@ -25,7 +25,10 @@ from roi_plugin import SAMPLERS, ROIAlignPooler
 SCALES = (1 / 4, 1 / 8, 1 / 16, 1 / 32)
 
 
-def make_input(seed=0, rois=512, channels=256, size=(800, 1216)):
+def make_input(seed=0, rois=512, channels=256, size=(800, 1216), rotated=False):
+    """P2..P5 maps of 2 images and ``rois`` boxes per image, sides log-uniform in 16..800 px
+    (some cross the border): ``x1, y1, x2, y2``, or with ``rotated`` ``x_ctr, y_ctr, w, h,
+    angle`` (any angle)."""
     g = torch.Generator().manual_seed(seed)
     h, w = size
     feats = [torch.randn(2, channels, h // s, w // s, generator=g) for s in (4, 8, 16, 32)]
@@ -33,7 +36,11 @@ def make_input(seed=0, rois=512, channels=256, size=(800, 1216)):
     for _ in range(2):
         wh = torch.exp(torch.empty(rois, 2).uniform_(math.log(16), math.log(800), generator=g))
         ctr = torch.rand(rois, 2, generator=g) * torch.tensor([w, h])
-        boxes.append(torch.cat([ctr - wh / 2, ctr + wh / 2], 1))  # some cross the border
+        if rotated:
+            angle = torch.rand(rois, 1, generator=g) * 360 - 180
+            boxes.append(torch.cat([ctr, wh, angle], 1))
+        else:
+            boxes.append(torch.cat([ctr - wh / 2, ctr + wh / 2], 1))
     return feats, boxes
 
 

@@ -12,7 +12,6 @@ sampler, sampling ratio 0..3, output 7 and 14; a last row compares angle 0 with 
     python tools/rotated_pooler_accuracy.py      # writes results/rotated_pooler_accuracy.md
 """
 import argparse
-import math
 import os
 import platform
 import sys
@@ -27,20 +26,13 @@ from roi_plugin import SAMPLERS, ROIAlignPooler
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 from rotated_reference import roi_align_rotated_reference  # noqa: E402
 
+import pooler_accuracy  # noqa: E402  (this folder, tools/): the benchmark input
+
 SCALES = (1 / 4, 1 / 8, 1 / 16, 1 / 32)
 
 
 def make_input(seed=0, rois=256, channels=64, size=(800, 1216)):
-    g = torch.Generator().manual_seed(seed)
-    h, w = size
-    feats = [torch.randn(2, channels, h // s, w // s, generator=g) for s in (4, 8, 16, 32)]
-    boxes = []
-    for _ in range(2):
-        wh = torch.exp(torch.empty(rois, 2).uniform_(math.log(16), math.log(800), generator=g))
-        ctr = torch.rand(rois, 2, generator=g) * torch.tensor([w, h])
-        angle = torch.rand(rois, 1, generator=g) * 360 - 180
-        boxes.append(torch.cat([ctr, wh, angle], 1))
-    return feats, boxes
+    return pooler_accuracy.make_input(seed, rois, channels, size, rotated=True)
 
 
 def reference(feats, boxes, out, ratio):
