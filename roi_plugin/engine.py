@@ -148,17 +148,23 @@ def load_cfg(config_file, opts):
     return cfg
 
 
+def check_weights(cfg, missing: str) -> None:
+    """One line when ``MODEL.WEIGHTS`` is empty (``missing`` says what needs them) or a local
+    file that does not exist."""
+    w = cfg.MODEL.WEIGHTS
+    if not w:
+        raise UserError(f"{missing}: add MODEL.WEIGHTS path/to/model_final.pth")
+    if "://" not in w and not os.path.isfile(w):
+        raise UserError(f"MODEL.WEIGHTS file not found: {w}")
+
+
 def build_cfg(args):
     """The frozen, checked config of train_net.py's arguments: registers ``--dataset`` first, so
     that the overrides can name those datasets."""
     register_datasets(getattr(args, "dataset", None))
     cfg = load_cfg(args.config_file, args.opts)
     if args.eval_only:
-        w = cfg.MODEL.WEIGHTS
-        if not w:
-            raise UserError("--eval-only needs weights: add MODEL.WEIGHTS path/to/model_final.pth")
-        if "://" not in w and not os.path.isfile(w):
-            raise UserError(f"MODEL.WEIGHTS file not found: {w}")
+        check_weights(cfg, "--eval-only needs weights")
     cfg.freeze()
     check_cfg(cfg)
     return cfg

@@ -25,7 +25,7 @@ from detectron2.utils.logger import setup_logger  # noqa: E402
 import roi_plugin.data  # noqa: E402,F401  registers shapes_train / shapes_val (class names)
 from roi_plugin.data.coco import SPEC_FORMAT  # noqa: E402
 from roi_plugin.demo import collect_images, run_demo  # noqa: E402
-from roi_plugin.engine import UserError, check_cfg, load_cfg, register_datasets  # noqa: E402
+from roi_plugin.engine import UserError, check_cfg, check_weights, load_cfg, register_datasets  # noqa: E402
 
 
 def get_parser():
@@ -48,11 +48,7 @@ def build_demo_cfg(args):
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = args.confidence_threshold
     cfg.MODEL.RETINANET.SCORE_THRESH_TEST = args.confidence_threshold
     cfg.MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH = args.confidence_threshold
-    w = cfg.MODEL.WEIGHTS
-    if not w:
-        raise UserError("no weights: add MODEL.WEIGHTS path/to/model_final.pth")
-    if "://" not in w and not os.path.isfile(w):
-        raise UserError(f"MODEL.WEIGHTS file not found: {w}")
+    check_weights(cfg, "no weights")
     cfg.freeze()
     # Class names come from DATASETS.TEST[0]; a model trained on another dataset still runs.
     check_cfg(cfg, datasets=[d for d in cfg.DATASETS.TEST[:1] if d in DatasetCatalog.list()])
