@@ -216,4 +216,5 @@ PLUGIN_HEADS = {
     "StandardROIHeads": "PluginROIHeads",
     "CascadeROIHeads": "PluginCascadeROIHeads",
     "Res5ROIHeads": "PluginRes5ROIHeads",
+    "RROIHeads": "PluginRROIHeads",  # roi_plugin/rotated_heads.py
 }
