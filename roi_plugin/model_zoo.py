@@ -14,7 +14,7 @@ box head, ``MODEL.ROI_PLUGIN.SAMPLER``), and check that
 
 Inputs are small (2 images of about 256-320 px) and RPN/ROI sampling is reduced, so each
 config takes seconds; the architecture (depth, norm, heads) is the config's own unless
-``tiny=True`` (CI: bottlenecks narrowed to 16 channels per group).
+``tiny=True`` (CI: bottlenecks narrowed to 16 channels per group, 32 in GroupNorm models).
 """
 import math
 import os
