@@ -10,7 +10,7 @@ PluginROIHeads`` swaps as the YAML path does instead of silently keeping Detectr
 import torch
 from torch import nn
 
-from detectron2.layers import ROIAlign, ShapeSpec
+from detectron2.layers import ROIAlign, ROIAlignRotated, ShapeSpec
 from detectron2.modeling.poolers import ROIPooler
 from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
 
@@ -24,19 +24,23 @@ def pooler_from_roi_pooler(pooler: ROIPooler, sampler: str = "gather") -> ROIAli
     """An :class:`ROIAlignPooler` with the output size, scales, sampling ratio, ROIAlign mode and
     level rule of Detectron2's ``pooler``.
 
-    Raises ``ValueError`` for the pooler types the plugin does not implement (``ROIPool``,
-    ``ROIAlignRotated``).
+    Raises ``ValueError`` for the pooler type the plugin does not implement (``ROIPool``).
     """
     first = pooler.level_poolers[0]
-    if type(first) is not ROIAlign:
+    if type(first) is ROIAlign:
+        pooler_type = "ROIAlignV2" if first.aligned else "ROIAlign"
+    elif type(first) is ROIAlignRotated:
+        pooler_type = "ROIAlignRotated"
+    else:
         raise ValueError(
-            f"roi_plugin implements ROIAlign and ROIAlignV2 only; this ROIPooler uses {type(first).__name__}"
+            f"roi_plugin implements ROIAlign, ROIAlignV2 and ROIAlignRotated only; this ROIPooler uses "
+            f"{type(first).__name__}"
         )
     return ROIAlignPooler(
         output_size=tuple(pooler.output_size),
         scales=tuple(float(p.spatial_scale) for p in pooler.level_poolers),
         sampling_ratio=int(first.sampling_ratio),
-        pooler_type="ROIAlignV2" if first.aligned else "ROIAlign",
+        pooler_type=pooler_type,
         canonical_box_size=pooler.canonical_box_size,
         canonical_level=pooler.canonical_level,
         sampler=sampler,

@@ -132,8 +132,11 @@ def test_pooler_and_predictor_conversion_keeps_settings():
     p = roi_plugin.pooler_from_roi_pooler(rp, "grid_sample")
     assert (p.output_size, p.scales, p.sampling_ratio, p.pooler_type, p.canonical_box_size, p.canonical_level,
             p.sampler) == ((14, 14), (1 / 8, 1 / 16), 3, "ROIAlign", 112, 3, "grid_sample")
-    with pytest.raises(ValueError, match="ROIAlign and ROIAlignV2 only"):
+    with pytest.raises(ValueError, match="ROIAlign, ROIAlignV2 and ROIAlignRotated only"):
         roi_plugin.pooler_from_roi_pooler(ROIPooler(7, (1 / 8,), 0, "ROIPool"))
+    # A rotated ROIPooler (its kernel needs detectron2's compiled _C) becomes the pure-PyTorch mode.
+    r = roi_plugin.pooler_from_roi_pooler(ROIPooler(7, (1 / 4, 1 / 8), 2, "ROIAlignRotated"))
+    assert (r.output_size, r.scales, r.sampling_ratio, r.pooler_type) == ((7, 7), (1 / 4, 1 / 8), 2, "ROIAlignRotated")
     old = FastRCNNOutputLayers(ShapeSpec(channels=12), box2box_transform=Box2BoxTransform((1, 2, 3, 4)),
                                num_classes=5, test_score_thresh=0.3, cls_agnostic_bbox_reg=True,
                                box_reg_loss_type="giou", loss_weight={"loss_cls": 2.0, "loss_box_reg": 0.5})
