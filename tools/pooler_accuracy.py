@@ -89,12 +89,17 @@ def main():
         + " |",
         "|" + "---|" * (4 + 2 * len(SAMPLERS)),
     ]
+    write_table(lines, rows, args.output)
+
+
+def write_table(lines, rows, output):
+    """Write the header ``lines`` and one markdown row per tuple of ``rows`` (floats as %.1e)."""
     for row in rows:
         lines.append("| " + " | ".join(f"{v:.1e}" if isinstance(v, float) else str(v) for v in row) + " |")
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    with open(args.output, "w") as f:
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    with open(output, "w") as f:
         f.write("\n".join(lines) + "\n")
-    print(f"wrote {os.path.abspath(args.output)}")
+    print(f"wrote {os.path.abspath(output)}")
 
 
 if __name__ == "__main__":

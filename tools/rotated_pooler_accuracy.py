@@ -88,12 +88,7 @@ def main():
         "| comparison | output | sampling_ratio | " + " | ".join(SAMPLERS) + " |",
         "|" + "---|" * (3 + len(SAMPLERS)),
     ]
-    for row in rows:
-        lines.append("| " + " | ".join(f"{v:.1e}" if isinstance(v, float) else str(v) for v in row) + " |")
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    with open(args.output, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print(f"wrote {os.path.abspath(args.output)}")
+    pooler_accuracy.write_table(lines, rows, args.output)
 
 
 if __name__ == "__main__":
