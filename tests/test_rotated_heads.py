@@ -70,6 +70,18 @@ def train_step_and_infer(model):
         return losses, model(rotated_batch())
 
 
+def assert_trains_and_infers(model):
+    """One training step gives all four losses and a predictor gradient; inference gives
+    finite rotated detections in every image."""
+    losses, outputs = train_step_and_infer(model)
+    assert set(losses) == {"loss_cls", "loss_box_reg", "loss_rpn_cls", "loss_rpn_loc"}
+    assert model.roi_heads.box_predictor.bbox_pred.weight.grad.abs().sum() > 0
+    for out in outputs:
+        det = out["instances"]
+        assert isinstance(det.pred_boxes, RotatedBoxes) and len(det) > 0
+        assert torch.isfinite(det.pred_boxes.tensor).all()
+
+
 def test_rrpn_proposal_network_trains_and_infers_on_cpu():
     """RRPN alone (ProposalNetwork): anchor matching calls detectron2::box_iou_rotated and
     proposal selection detectron2::nms_rotated, which a pure-Python detectron2 lacks."""
@@ -131,13 +143,7 @@ def test_builtin_rroi_heads_trains_and_infers_with_reference_pooler(tmp_path, mo
     for k, level in enumerate(pooler.level_poolers):
         pooler.level_poolers[k] = reference_level_pooler(level)
     model.roi_heads.box_predictor.test_score_thresh = 0.0
-    losses, outputs = train_step_and_infer(model)
-    assert set(losses) == {"loss_cls", "loss_box_reg", "loss_rpn_cls", "loss_rpn_loc"}
-    assert model.roi_heads.box_predictor.bbox_pred.weight.grad.abs().sum() > 0
-    for out in outputs:
-        det = out["instances"]
-        assert isinstance(det.pred_boxes, RotatedBoxes) and len(det) > 0
-        assert torch.isfinite(det.pred_boxes.tensor).all()
+    assert_trains_and_infers(model)
 
 
 @pytest.mark.parametrize("sampler", SAMPLERS)
@@ -153,13 +159,7 @@ def test_plugin_rroi_heads_trains_and_infers(sampler, tmp_path, monkeypatch):
     assert model.roi_heads.box_pooler.pooler_type == "ROIAlignRotated"
     model.roi_heads.box_predictor.test_score_thresh = 0.0
     assert isinstance(model.roi_heads.box_predictor, RotatedFastRCNNPredictor)
-    losses, outputs = train_step_and_infer(model)
-    assert set(losses) == {"loss_cls", "loss_box_reg", "loss_rpn_cls", "loss_rpn_loc"}
-    assert model.roi_heads.box_predictor.bbox_pred.weight.grad.abs().sum() > 0
-    for out in outputs:
-        det = out["instances"]
-        assert isinstance(det.pred_boxes, RotatedBoxes) and len(det) > 0
-        assert torch.isfinite(det.pred_boxes.tensor).all()
+    assert_trains_and_infers(model)
 
 
 @pytest.mark.parametrize("sampler", SAMPLERS)
