@@ -12,13 +12,14 @@ four rows ``y*W + x`` with weights ``wy * wx``; a bin's bag holds the taps of it
 which :mod:`.gather` computes with ``F.embedding_bag``. Taps of weight 0 (outside the
 map, past an ROI's own grid, exact pixel hits) are dropped, so bags differ in length.
 """
-from typing import List, NamedTuple, Optional, Tuple
+from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
-from .geometry import LevelSamples, SampleGroup
+from .axis_taps import axis_taps
+from .geometry import LevelSamples, SampleGroup, level_boxes
 
-__all__ = ["GatherPlan", "gather_plan"]
+__all__ = ["GatherPlan", "gather_plan", "upright_gather_plan"]
 
 
 class GatherPlan(NamedTuple):
@@ -37,42 +38,90 @@ class GatherPlan(NamedTuple):
     bag_sizes: torch.Tensor  # (N*Ph*Pw,) int64
 
 
-def _group_taps(group: SampleGroup, row0: int, h: int, w: int, ph: int, pw: int):
-    """The taps of one sample group: (index (T,), weight (T,), bag sizes (n*Ph*Pw,)) in bin order."""
-    n, nbins, device = group.rois.numel(), ph * pw, group.rois.device
+def _dense_group_taps(group: SampleGroup, row0: int, h: int, w: int, ph: int, pw: int):
+    """The taps of one group of dense samples (rotated boxes: each axis (n, Ph, Pw, gh, gw),
+    see :class:`.geometry.SampleGroup`): (index (T,), weight (T,), bag sizes (n*Ph*Pw,)) in
+    bin order; a bin's bag is the (gh, gw, 2, 2) taps of its own samples, those of weight 0
+    dropped."""
+    n, nbins = group.rois.numel(), ph * pw
     b, ys, xs = group.batch, group.ys, group.xs
-    yi = torch.stack([ys.low, ys.high], -1)  # (n, ph, gh, 2); dense: (n, ph, pw, gh, gw, 2)
-    xi = torch.stack([xs.low, xs.high], -1)  # (n, pw, gw, 2); dense: (n, ph, pw, gh, gw, 2)
+    yi = torch.stack([ys.low, ys.high], -1)
+    xi = torch.stack([xs.low, xs.high], -1)
     yw = torch.stack([ys.w_low, ys.w_high], -1)
     xw = torch.stack([xs.w_low, xs.w_high], -1)
-    if ys.coord.dim() == 5:
-        # Dense samples (rotated boxes): each axis is (n, ph, pw, gh, gw, 2) already; a bin's
-        # bag is the (gh, gw, 2, 2) taps of its own samples.
-        row = (row0 + b * (h * w))[:, None, None, None, None, None] + yi * w
-        idx = (row[..., :, None] + xi[..., None, :]).reshape(n * nbins, -1)
-        wt = (yw[..., :, None] * xw[..., None, :]).reshape(n * nbins, -1)
-        keep = wt != 0
-        return idx[keep], wt[keep], keep.sum(1)
-    # (n, ph, pw, gh, 2, gw, 2): a bag of up to 4*gh*gw taps per bin; taps of weight 0 are dropped.
-    live = (yw.sum((2, 3)) > 0)[:, :, None] & (xw.sum((2, 3)) > 0)[:, None, :]  # (n, ph, pw)
-    if int(live.sum()) * 2 < live.numel():
-        # Mostly empty bins (ROIs far larger than the map: one or two bins per axis
-        # overlap it): build taps for the live bins only.
-        r_, py, px = live.nonzero(as_tuple=True)
-        row = (row0 + b[r_] * (h * w))[:, None, None] + yi[r_, py] * w  # (m, gh, 2)
-        taps = 4 * yi.shape[2] * xi.shape[2]
-        idx = (row[:, :, :, None, None] + xi[r_, px][:, None, None]).reshape(len(r_), taps)
-        wt = (yw[r_, py][:, :, :, None, None] * xw[r_, px][:, None, None]).reshape(len(r_), taps)
-        keep = wt != 0
-        bag = torch.zeros(n * nbins, dtype=torch.int64, device=device)
-        bag[(r_ * ph + py) * pw + px] = keep.sum(1)
+    row = (row0 + b * (h * w))[:, None, None, None, None, None] + yi * w
+    idx = (row[..., :, None] + xi[..., None, :]).reshape(n * nbins, -1)
+    wt = (yw[..., :, None] * xw[..., None, :]).reshape(n * nbins, -1)
+    keep = wt != 0
+    return idx[keep], wt[keep], keep.sum(1)
+
+
+def upright_gather_plan(
+    sizes: List[Tuple[int, int, int]], boxes: torch.Tensor, batch: torch.Tensor, level_of: torch.Tensor,
+    scales: Sequence[float], output_size: Tuple[int, int], sampling_ratio: int, aligned: bool,
+) -> GatherPlan:
+    """The bags of upright boxes, built for all ROIs and levels at once, in output order.
+
+    A bin's samples are separable (:mod:`.geometry`): its bag is every y-tap of its row
+    times every x-tap of its column (:func:`.axis_taps.axis_taps`), y-major, the order of
+    the padded layout, so the sums are the same bit for bit. A fixed number of tensor ops
+    builds the bags of any mix of ROI sizes and levels: no grouping by grid size.
+
+    Args:
+        sizes: (B, H, W) of every level of the pooler.
+        boxes: (N, 4) ``x1, y1, x2, y2`` in input-image pixels, in the compute dtype.
+        batch: (N,) image of each box. level_of: (N,) level of each box.
+        output_size: (Ph, Pw). sampling_ratio: samples per bin and axis, 0 = adaptive.
+    """
+    ph, pw = output_size
+    device, n = boxes.device, boxes.shape[0]
+    # Table rows: the levels that pool some ROI, stacked, images one after the other.
+    present = torch.bincount(level_of, minlength=len(sizes)).tolist()
+    dense, first_row, row0 = [], [0] * len(sizes), 0
+    for level, (bsz, h, w) in enumerate(sizes):
+        if present[level]:
+            dense.append((level, row0, bsz, h, w))
+            first_row[level] = row0
+            row0 += bsz * h * w
+    lv = torch.tensor([[first_row[k], h, w, bsz] for k, (bsz, h, w) in enumerate(sizes)], device=device)[level_of]
+    scale = torch.tensor(scales, dtype=boxes.dtype, device=device)[level_of]
+    start_x, start_y, width, height = level_boxes(boxes, scale, aligned)
+    if sampling_ratio > 0:
+        gh = gw = torch.full((n,), sampling_ratio, dtype=torch.int64, device=device)
     else:
-        row = (row0 + b * (h * w))[:, None, None, None, None] + yi[:, :, None, :, :] * w
-        idx = (row[..., None, None] + xi[:, None, :, None, None, :, :]).reshape(n * nbins, -1)
-        wt = (yw[:, :, None, :, :, None, None] * xw[:, None, :, None, None, :, :]).reshape(n * nbins, -1)
-        keep = wt != 0
-        bag = keep.sum(1)
-    return idx[keep], wt[keep], bag
+        gh = torch.ceil(height / ph).to(torch.int64).clamp(min=0)
+        gw = torch.ceil(width / pw).to(torch.int64).clamp(min=0)
+    ys = axis_taps(start_y, height, ph, gh, lv[:, 1])
+    xs = axis_taps(start_x, width, pw, gw, lv[:, 2])
+    # Bag of bin (r, py, px): every y-tap of (r, py) times every x-tap of (r, px), y-major.
+    # Listed in two steps: segments (a bag's y-tap: its table row offset, the ROI's image
+    # block plus pixel row times the level's width, and its weight), then each segment's
+    # run of x-taps; every per-tap value is one index_select of a per-segment one.
+    y_roi = torch.repeat_interleave(torch.arange(n, device=device), ys.count.view(n, ph).sum(1))
+    y_row = (lv[:, 0] + batch * lv[:, 1] * lv[:, 2])[y_roi] + ys.pixel * lv[y_roi, 2]
+    ny = ys.count.view(n, ph, 1).expand(n, ph, pw).flatten()
+    nx = xs.count.view(n, 1, pw).expand(n, ph, pw).flatten()
+    bag_sizes = ny * nx
+    nseg = int(ny.sum())
+    seg_bag = torch.repeat_interleave(torch.arange(bag_sizes.numel(), device=device), ny)
+    y_first = ys.first.view(n, ph, 1).expand(n, ph, pw).flatten()
+    y_tap = (y_first - (torch.cumsum(ny, 0) - ny))[seg_bag] + torch.arange(nseg, device=device)
+    seg_len = nx[seg_bag]
+    seg_start = torch.cumsum(seg_len, 0) - seg_len  # first tap of each segment
+    total = int(seg_start[-1] + seg_len[-1]) if nseg else 0
+    itype = torch.int32 if max(row0, total) < 2**31 else torch.int64
+    x_first = xs.first.view(n, 1, pw).expand(n, ph, pw).flatten()
+    seg = torch.repeat_interleave(torch.arange(nseg, dtype=itype, device=device), seg_len)
+    x_tap = torch.arange(total, dtype=itype, device=device)
+    x_tap += (x_first[seg_bag] - seg_start).to(itype).index_select(0, seg)
+    index = y_row.to(itype).index_select(0, y_tap.to(itype)).index_select(0, seg)
+    index += xs.pixel.to(itype).index_select(0, x_tap)
+    weight = ys.weight.index_select(0, y_tap).index_select(0, seg)
+    weight *= xs.weight.index_select(0, x_tap)
+    del seg, x_tap
+    offsets = torch.cumsum(bag_sizes, 0) - bag_sizes
+    index, blocks, num_rows = _table_blocks(dense, index, row0)
+    return GatherPlan(dense, blocks, num_rows, index, weight, offsets.to(itype), bag_sizes)
 
 
 def gather_plan(
@@ -97,7 +146,7 @@ def gather_plan(
             if group.ys is None:
                 bags.append(torch.zeros(group.rois.numel() * nbins, dtype=torch.int64, device=device))
                 continue
-            idx, wt, bag = _group_taps(group, row0, h, w, ph, pw)
+            idx, wt, bag = _dense_group_taps(group, row0, h, w, ph, pw)
             index.append(idx)
             weight.append(wt)
             bags.append(bag)
@@ -139,8 +188,7 @@ def _table_blocks(levels, index: torch.Tensor, num_rows: int):
     whole = (index, [(lv, i, r, n, None) for lv, i, r, n in dense], num_rows)
     if index.numel() == 0 or num_rows == 0:
         return whole
-    used = torch.zeros(num_rows, dtype=torch.bool, device=index.device)
-    used[index] = True
+    used = torch.bincount(index, minlength=num_rows) > 0
     rows = used.nonzero().flatten()  # sorted
     if 2 * rows.numel() > num_rows:
         return whole

@@ -79,8 +79,11 @@ class LevelSamples(NamedTuple):
     groups: List[SampleGroup]
 
 
-def level_boxes(boxes: torch.Tensor, scale: float, aligned: bool) -> Tuple[torch.Tensor, ...]:
-    """(N, 4) input-pixel boxes -> ``start_x, start_y, width, height`` (N,) in level pixel-centre coordinates."""
+def level_boxes(boxes: torch.Tensor, scale, aligned: bool) -> Tuple[torch.Tensor, ...]:
+    """(N, 4) input-pixel boxes -> ``start_x, start_y, width, height`` (N,) in level pixel-centre
+    coordinates; ``scale`` is the level's (float) or each box's ((N,) tensor)."""
+    if isinstance(scale, torch.Tensor):
+        scale = scale[:, None]
     bx = boxes * scale - (0.5 if aligned else 0.0)
     width, height = bx[:, 2] - bx[:, 0], bx[:, 3] - bx[:, 1]
     if not aligned:  # legacy ROIAlign: force malformed ROIs to be 1x1

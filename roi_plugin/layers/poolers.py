@@ -18,7 +18,7 @@ from torch import nn
 
 from detectron2.structures import Boxes
 
-from .gather import gather_roi_align
+from .gather import gather_roi_align, gather_roi_align_boxes
 from .geometry import sample_groups
 from .grid_sample import grid_sample_roi_align
 from .levels import assign_boxes_to_levels, pyramid_levels
@@ -154,11 +154,15 @@ class ROIAlignPooler(nn.Module):
             [torch.full((len(b),), i, dtype=torch.int64, device=x[0].device) for i, b in enumerate(boxes)]
         )
         sizes = [(f.shape[2], f.shape[3]) for f in x]
+        level_of = self._route(all_boxes)
         if self.rotated:
-            levels = rotated_sample_groups(all_boxes, batch_of, self._route(all_boxes), sizes, self.scales,
+            levels = rotated_sample_groups(all_boxes, batch_of, level_of, sizes, self.scales,
                                            self.output_size, self.sampling_ratio, compute_dtype)
+        elif self.sampler == "gather":  # all ROIs in one plan, no sample groups
+            return gather_roi_align_boxes(list(x), all_boxes, batch_of, level_of, self.scales,
+                                          self.output_size, self.sampling_ratio, self.aligned)
         else:
-            levels = sample_groups(all_boxes, batch_of, self._route(all_boxes), sizes, self.scales,
+            levels = sample_groups(all_boxes, batch_of, level_of, sizes, self.scales,
                                    self.output_size, self.sampling_ratio, self.aligned)
         return _SAMPLERS[self.sampler](list(x), levels, num_rois, self.output_size, compute_dtype)
 

@@ -1,0 +1,99 @@
+# Copyright (c) roi_plugin authors. Licensed under the Apache License 2.0.
+"""Geometry as flat lists: the bilinear taps of every upright ROI along one axis.
+
+The samples are those of :func:`.geometry.axis_samples` (see :mod:`.geometry` for the
+coordinates, the clamp, the last-pixel rule and validity): along one axis, sample ``i`` of
+bin ``p`` of an ROI with ``g`` samples per bin sits at
+
+    c = start + p * bin + (i + 0.5) * bin / g,        bin = extent / P,
+
+and reads pixels ``low`` and ``high`` with weights ``(1 - frac) / g`` and ``frac / g``.
+``axis_samples`` lays them out on a padded (n, P, G) grid, one call per group of ROIs with
+similar ``g``; here the taps of *all* ROIs of a pooler call come out in one flat list with
+a fixed number of tensor ops, whatever the ROIs' sizes and levels:
+
+* only samples some pixel reads are listed (``-1 <= c <= size``). They are consecutive in
+  ``i``, so each bin's first and last are found from the formula (in float64, one sample
+  of margin either side for rounding) and then checked exactly as ``axis_samples`` checks
+  them; a huge ROI costs the samples on the map, not its ``g``;
+* of a sample's two taps, those of weight 0 (``frac = 0``, the last pixel) are dropped.
+
+Taps stay in ``(i, low/high)`` order within a bin, the order in which the padded layout
+lists them, so bins summed from these lists are bit-identical to the padded ones. Far from
+the origin (coordinates ~1e6 px) float32 rounds a coordinate by a sizeable part of the
+sample spacing: such ROIs are computed in float64, as ``axis_samples`` does.
+"""
+from typing import NamedTuple
+
+import torch
+
+__all__ = ["AxisTaps", "axis_taps"]
+
+
+class AxisTaps(NamedTuple):
+    """Taps of ``n`` ROIs along one axis, bin ``(r, p)`` owning ``[first[r*P+p], first + count)``."""
+
+    pixel: torch.Tensor  # (S,) int64 pixel index along the axis
+    weight: torch.Tensor  # (S,) bilinear weight x 1/g, in the compute dtype, non-zero
+    first: torch.Tensor  # (n*P,) int64 position of each bin's first tap
+    count: torch.Tensor  # (n*P,) int64 taps of each bin
+
+
+def axis_taps(
+    start: torch.Tensor, length: torch.Tensor, pooled: int, grid: torch.Tensor, size: torch.Tensor
+) -> AxisTaps:
+    """The non-zero taps of every bin of ``n`` ROIs along one axis.
+
+    Args:
+        start, length: (n,) ROI start and extent in level pixels (compute dtype).
+        pooled: bins along the axis (P). grid: (n,) int64 samples per bin (``g``, 0 = none).
+        size: (n,) int64 size of each ROI's map along the axis.
+    """
+    dtype, device = start.dtype, start.device
+    n = start.numel()
+    bin_size = length / pooled  # (n,), as axis_samples computes it
+    g = grid.to(dtype)
+    spacing = bin_size / g
+    # Float64 for ROIs whose float32 coordinates would be off by a sizeable part of a sample
+    # spacing (axis_samples' rule, per ROI here).
+    far = (start.abs() + length.abs()).double() * 2.0**-23 / spacing.double() > 0.25
+    far &= spacing > 0
+    # Samples on the map: first/last i with -1 <= c <= size, one sample of margin each side.
+    p = torch.arange(pooled, device=device, dtype=torch.float64)
+    base = start.double()[:, None] + p * bin_size.double()[:, None]  # (n, P)
+    sp = spacing.double()[:, None]
+    gmax = g.double()[:, None]
+    moving = sp > 0
+    lo = torch.where(moving, torch.floor((-1.0 - base) / sp - 0.5) - 1, torch.zeros_like(base))
+    hi = torch.where(moving, torch.floor((size.double()[:, None] - base) / sp - 0.5) + 1, gmax - 1)
+    lo = torch.minimum(lo.clamp(min=0), gmax).to(torch.int64)  # within [0, g)
+    hi = torch.minimum(hi, gmax - 1).clamp(min=-1).to(torch.int64)
+    count = (hi - lo + 1).clamp(min=0).flatten()  # candidate samples of each bin
+    total = int(count.sum())
+    bin_of = torch.repeat_interleave(torch.arange(n * pooled, device=device), count)
+    k = lo.flatten()[bin_of] + torch.arange(total, device=device) - (torch.cumsum(count, 0) - count)[bin_of]
+    roi = torch.div(bin_of, pooled, rounding_mode="floor")
+    pos = (bin_of - roi * pooled).to(dtype)
+    # Same association as the kernel and axis_samples: start + p*bin + (i+0.5)*bin/g.
+    i = k.to(dtype) + 0.5
+    coord = start[roi] + pos * bin_size[roi] + i * bin_size[roi] / g[roi]
+    if bool(far.any()):
+        i64, s64, b64, g64 = k.double() + 0.5, start.double()[roi], bin_size.double()[roi], g.double()[roi]
+        coord = torch.where(far[roi], s64 + pos.double() * b64 + i64 * b64 / g64, coord.double())
+    lim = size[roi]
+    valid = (coord >= -1.0) & (coord <= lim) & (k < grid[roi])
+    coord, lim, roi, bin_of = coord[valid], lim[valid], roi[valid], bin_of[valid]
+    # Bilinear taps (geometry.bilinear_taps, with each sample's own map size).
+    c = coord.clamp(min=0)
+    low = c.floor().to(torch.int64)
+    at_edge = low >= lim - 1
+    low = torch.where(at_edge, lim - 1, low).clamp(min=0)
+    high = torch.minimum(torch.where(at_edge, low, low + 1), (lim - 1).clamp(min=0))
+    frac = torch.where(at_edge, torch.zeros_like(c), c - low.to(c.dtype)).to(dtype)
+    scale = torch.ones_like(frac) / g[roi]  # valid samples only: axis_samples' valid / g
+    pixel = torch.stack([low, high], 1).flatten()
+    weight = torch.stack([(1.0 - frac) * scale, frac * scale], 1).flatten()
+    keep = weight != 0
+    tap_bin = bin_of.repeat_interleave(2)[keep]
+    count = torch.bincount(tap_bin, minlength=n * pooled)
+    return AxisTaps(pixel[keep], weight[keep], torch.cumsum(count, 0) - count, count)

@@ -1,0 +1,39 @@
+# Copyright (c) roi_plugin authors. Licensed under the Apache License 2.0.
+"""Threads: the gather sampler runs its CPU ops on one intra-op thread.
+
+Why. A pooler call is a few hundred tensor ops (the plan: index arithmetic over taps;
+then per channel chunk a table copy, an ``embedding_bag`` and a copy into the output).
+With 2 or more intra-op threads each op large enough is one OpenMP parallel region, whose
+end waits for every thread of the team. On an idle machine that costs little; when another
+process holds a core (data-loader workers, an evaluator, another job), the thread that
+shares its core is descheduled for a scheduler time slice at a time, and every region
+waits for it: measured on this project's 2-core machines (``tools/benchmark.py``), a
+training call took 10x its 1-thread time, and an inference call 2.9x ``ROIPooler``'s.
+torchvision's CPU ``roi_align`` kernel, behind ``ROIPooler``, is single-threaded and
+does not care. On one thread no op waits for another thread, and the sampler's time is
+the same whether the other cores are idle or busy (see BENCHMARKS.md, one table per
+condition).
+
+The scope sets ``torch.set_num_threads(1)`` around the sampler's ops on the calling
+thread and restores the caller's count on exit (also on error); CUDA tensors are left
+alone.
+"""
+import contextlib
+
+import torch
+
+__all__ = ["single_threaded"]
+
+
+@contextlib.contextmanager
+def single_threaded(device: torch.device):
+    """Run the block on one intra-op thread when ``device`` is a CPU and more are set."""
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

@@ -1,0 +1,133 @@
+"""The gather sampler's plan and execution: flat tap lists against the padded geometry, exact
+chunking, the single-thread scope, and ROIs that must not disturb each other."""
+import math
+
+import pytest
+import torch
+from torchvision.ops import roi_align
+
+from roi_plugin import ROIAlignPooler
+from roi_plugin.layers import gather
+from roi_plugin.layers.axis_taps import axis_taps
+from roi_plugin.layers.geometry import axis_samples, level_boxes
+
+from test_pooler import SCALES, box_zoo, pyramid, torchvision_reference
+
+
+def padded_taps(start, length, pooled, grid, size):
+    """The non-zero taps of each bin from geometry.axis_samples (the padded layout the
+    grid_sample sampler uses), in its (sample, low/high) order; one ROI per call."""
+    out = []
+    for r in range(start.numel()):
+        g = int(grid[r])
+        if g == 0:
+            out += [[] for _ in range(pooled)]
+            continue
+        s = axis_samples(start[r:r + 1], length[r:r + 1], pooled, grid[r:r + 1], g, size)
+        for p in range(pooled):
+            taps = []
+            for i in range(s.low.shape[2]):
+                for pix, wt in ((s.low[0, p, i], s.w_low[0, p, i]), (s.high[0, p, i], s.w_high[0, p, i])):
+                    if wt != 0:
+                        taps.append((int(pix), float(wt)))
+            out.append(taps)
+    return out
+
+
+@pytest.mark.parametrize("aligned", [True, False])
+@pytest.mark.parametrize("sampling_ratio", [0, 2])
+def test_axis_taps_are_the_padded_layouts_nonzero_taps(aligned, sampling_ratio):
+    """Same pixels, same weights bit for bit, same order, per bin; huge and empty ROIs too."""
+    h, w = 200, 240
+    boxes = torch.cat([box_zoo(h, w, n_random=30, seed=3),
+                       torch.tensor([[-3e6, -2e6, 4e6, 5e6], [1e5, 1e5, 1e5 + 3, 1e5 + 9]])])
+    size = 50  # a P3-like map of the 200-px side
+    start_x, start_y, width, height = level_boxes(boxes, 1 / 4, aligned)
+    for start, length in ((start_x, width), (start_y, height)):
+        grid = (torch.full_like(boxes[:, 0], sampling_ratio, dtype=torch.int64) if sampling_ratio
+                else torch.ceil(length / 7).to(torch.int64).clamp(min=0))
+        flat = axis_taps(start, length, 7, grid, torch.full_like(grid, size))
+        ours = [
+            list(zip(flat.pixel[f:f + c].tolist(), flat.weight[f:f + c].tolist()))
+            for f, c in zip(flat.first.tolist(), flat.count.tolist())
+        ]
+        assert ours == padded_taps(start, length, 7, grid, size)
+
+
+def test_huge_box_does_not_disturb_other_rois():
+    """A ~1e6 px box in the call is computed in float64; the other ROIs keep torchvision's
+    float32 values. (The grouped layout once computed a whole group in float64 and missed a
+    border box's samples in legacy ROIAlign: 0.6 off.)"""
+    feats = [torch.randn(2, 4, 16, 20, generator=torch.Generator().manual_seed(0))]
+    border = torch.tensor([[318.0, 250.0, 320.0, 256.0], [10.0, 10.0, 10.0, 40.0]])
+    huge = torch.tensor([[-3e6, -2e6, 4e6, 5e6]])
+    for pooler_type in ("ROIAlign", "ROIAlignV2"):
+        pooler = ROIAlignPooler(14, (1 / 16,), 2, pooler_type)
+        alone = pooler(feats, [border, torch.zeros(0, 4)])
+        mixed = pooler(feats, [border, huge])[:2]
+        assert torch.equal(alone, mixed)
+        rois = torch.cat([torch.zeros(2, 1), border], 1).double()
+        ref = roi_align(feats[0].double(), rois, 14, 1 / 16, 2, aligned=pooler_type == "ROIAlignV2")
+        torch.testing.assert_close(mixed.double(), ref, rtol=0, atol=1e-5)
+
+
+def test_chunking_is_exact(monkeypatch):
+    """Channel chunks and ROI blocks change the memory, not one bit of outputs or gradients."""
+    sizes = [(256, 320), (200, 288)]
+    feats = pyramid(sizes, channels=24, seed=4)
+    boxes = [box_zoo(h, w, seed=i) for i, (h, w) in enumerate(sizes)]
+    grad = torch.randn(sum(len(b) for b in boxes), 24, 7, 7, generator=torch.Generator().manual_seed(1))
+
+    def run():
+        x = [f.clone().requires_grad_() for f in feats]
+        out = ROIAlignPooler(7, SCALES, 0, "ROIAlignV2")(x, boxes)
+        out.backward(grad)
+        return [out] + [f.grad for f in x]
+
+    default = run()
+    monkeypatch.setattr(gather, "_CHUNKS", (8,))  # 3 chunks of 8 channels
+    monkeypatch.setattr(gather, "_roi_blocks", lambda plan, n, bins: [(r, min(r + 5, n)) for r in range(0, n, 5)])
+    chunked = run()
+    for a, b in zip(default, chunked):
+        assert torch.equal(a, b)
+    ref = torchvision_reference(feats, boxes, 7, 0, True)
+    torch.testing.assert_close(chunked[0].double(), ref, rtol=0, atol=1e-4)
+
+
+def test_runs_on_one_thread_and_restores_the_callers_count(monkeypatch):
+    """Every embedding_bag of the forward and backward runs with one intra-op thread; the
+    caller's setting is back afterwards, also when the sampler raises; results do not depend
+    on the caller's thread count."""
+    seen = []
+    embedding_bag = gather.F.embedding_bag
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return embedding_bag(*args, **kwargs)
+
+    feats = pyramid([(256, 320)], channels=8, seed=2)
+    boxes = [box_zoo(256, 320, seed=5)]
+    before = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (2, 1):
+            torch.set_num_threads(threads)
+            monkeypatch.setattr(gather.F, "embedding_bag", spy)
+            x = [f.clone().requires_grad_() for f in feats]
+            out = ROIAlignPooler(7, SCALES, 0, "ROIAlignV2")(x, boxes)
+            out.sum().backward()
+            assert torch.get_num_threads() == threads
+            results.append([out] + [f.grad for f in x])
+
+            def broken(*args, **kwargs):
+                raise RuntimeError("boom")
+
+            monkeypatch.setattr(gather.F, "embedding_bag", broken)
+            with pytest.raises(RuntimeError, match="boom"):
+                ROIAlignPooler(7, SCALES, 0, "ROIAlignV2")(feats, boxes)
+            assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(before)
+    assert seen and set(seen) == {1}
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
