@@ -61,9 +61,10 @@ class SampleGroup(NamedTuple):
     geometry (:mod:`.rotated_geometry`) is not separable: its ``ys`` and ``xs`` are *dense*,
     both (n, Ph, Pw, gh, gw), the sample of ``(r, py, px, i, j)`` at
     ``(ys.coord[r, py, px, i, j], xs.coord[r, py, px, i, j])``, weight the product of the two
-    at that index. The samplers tell the two apart by ``ys.coord.dim()`` in one place each
-    (``gather_plan._group_taps``, ``grid_sample._group_points`` / ``_grid_sample_units``),
-    see docs/ARCHITECTURE.md.
+    at that index. The grid_sample sampler tells the two apart by ``ys.coord.dim()``
+    (``grid_sample._group_points`` / ``_grid_sample_units``); the gather sampler takes groups
+    for rotated boxes only (``gather_plan._dense_group_taps``; upright boxes go through
+    :mod:`.axis_taps`), see docs/ARCHITECTURE.md.
     """
 
     rois: torch.Tensor  # (n,) int64 positions of these ROIs in the pooler's output
