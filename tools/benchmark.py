@@ -1,30 +1,37 @@
 #!/usr/bin/env python
 # Copyright (c) roi_plugin authors. Licensed under the Apache License 2.0.
-"""Benchmark roi_plugin's ROIAlignPooler against Detectron2's ROIPooler, and whole Mask R-CNN.
+"""Benchmark roi_plugin's ROIAlignPooler against Detectron2's ROIPooler, and whole Mask R-CNN,
+on an idle and on a busy machine.
 
-Measures, side by side in one process and after warm-up:
+Measures, side by side in one process and after warm-up, in each of three conditions:
 
-* the pooler, forward and forward+backward, for training (2 images 800x1216, P2..P5 with 256
-  channels, 512 ROIs per image with log-uniform sizes 16..800 px, sampling ratio 0 and 2),
-  inference (1000 ROIs per image, no grad, ratio 0) and the mask pooler (14x14, 64 ROIs per
-  image), for both samplers (``gather``, ``grid_sample``) against Detectron2's ``ROIPooler``
-  (``ROIAlignV2``), plus the notebook's per-ROI ``expand`` design at a small ROI count;
-* peak memory of each case, each in a process of its own (CPU: growth of the resident set
-  high-water mark over the state after warm-up; CUDA: ``torch.cuda.max_memory_allocated``);
-* one training iteration and one inference pass of Mask R-CNN with roi_plugin's heads
-  (``PluginROIHeads`` + ``TwoMLPHead``) against the built-in heads (``StandardROIHeads`` +
-  ``FastRCNNConvFCHead``), same config otherwise, same weights, same input: R50-FPN at
-  800x1216, and the shapes demo's R18-FPN at 256x256.
+* ``1 thread``: ``torch.set_num_threads(1)``;
+* ``2 threads, idle``: ``torch.set_num_threads(2)``, nothing else running;
+* ``2 threads, busy core``: ``torch.set_num_threads(2)`` while a process started by this
+  script spins on one core (what a data-loader worker, an evaluator or another job does to a
+  training process), stopped at the end of the condition;
+
+the pooler, forward and forward+backward, for training (2 images 800x1216, P2..P5 with 256
+channels, 512 ROIs per image with log-uniform sizes 16..800 px, sampling ratio 0 and 2),
+inference (1000 ROIs per image, no grad, ratio 0) and the mask pooler (14x14, 64 ROIs per
+image), the default ``gather`` sampler against Detectron2's ``ROIPooler`` (``ROIAlignV2``),
+with peak memory of each case (each in a process of its own: growth of the resident set
+high-water mark over the state after warm-up; CUDA: ``torch.cuda.max_memory_allocated``); the
+``grid_sample`` sampler and the notebook's per-ROI ``expand`` design in the idle condition;
+one training iteration and one inference pass of the shapes demo's Mask R-CNN R18-FPN with
+roi_plugin's heads (``PluginROIHeads`` + ``TwoMLPHead``) against the built-in heads
+(``StandardROIHeads`` + ``FastRCNNConvFCHead``), same weights and input, in every
+condition, and of R50-FPN at 800x1216 in the idle one.
 
 Repetitions of the implementations being compared are interleaved (A B C, B C A, ...) so that
 load from other processes hits all of them alike; ratios are the median of per-repetition
-ratios. Writes ``BENCHMARKS.md`` (``--out``).
+ratios. Writes ``BENCHMARKS.md`` (``--out``) with a table per condition and the targets.
 
 Usage::
 
-    python tools/benchmark.py              # full run (~15-25 min on 2 CPU cores), writes BENCHMARKS.md
-    python tools/benchmark.py --quick      # smaller sizes, under a minute, prints the tables only
-    python tools/benchmark.py --profile gather:train_r2:fwd+bwd   # the profile behind the notes
+    python tools/benchmark.py              # full run (~15-20 min on 2 CPU cores), writes BENCHMARKS.md
+    python tools/benchmark.py --quick      # smaller sizes, a few minutes, prints the tables only
+    python tools/benchmark.py --profile gather:train_r2:fwd+bwd --condition busy   # a profile
 """
 import argparse
 import gc
@@ -49,6 +56,49 @@ IMPL_NAMES = {
     "grid_sample": "plugin, `grid_sample` sampler",
     "notebook": "notebook design (per-ROI `expand` + `grid_sample`)",
 }
+
+
+class Condition(NamedTuple):
+    name: str
+    title: str
+    threads: int
+    busy: bool  # a spinning process holds one core meanwhile
+
+
+CONDITIONS = {
+    "1thread": Condition("1thread", "1 thread", 1, False),
+    "idle": Condition("idle", "2 threads, idle machine", 2, False),
+    "busy": Condition("busy", "2 threads, one core busy with another process", 2, True),
+}
+IDLE_ONLY = ("grid_sample", "notebook")  # measured in the idle condition only (slow, not the default)
+
+# Targets of the default pooler (gather) / ROIPooler, in every condition (issue 13).
+TARGETS = [
+    ("training fwd+bwd, ratio 0", ("train_r0", "fwd+bwd"), 0.3),
+    ("training fwd+bwd, ratio 2", ("train_r2", "fwd+bwd"), 0.3),
+    ("inference", ("infer_r0", "infer"), 0.4),
+    ("mask 14x14 fwd+bwd", ("mask_r0", "fwd+bwd"), 0.4),
+]
+MEMORY_TARGET = 1.1  # peak extra memory / ROIPooler's, forward-only and forward+backward
+MODEL_TARGET = 0.95  # shapes R18-FPN training iteration, plugin / built-in heads, busy core
+
+
+class busy_core:
+    """Context manager: a process spinning on one core while the block runs."""
+
+    def __init__(self, busy: bool):
+        self.busy, self.proc = busy, None
+
+    def __enter__(self):
+        if self.busy:
+            self.proc = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+            time.sleep(0.5)  # let it take its core
+        return self
+
+    def __exit__(self, *exc):
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
 
 
 class Case(NamedTuple):
@@ -363,7 +413,7 @@ def ratio(ts: List[float], ref: List[float]) -> float:
     return statistics.median([a / b for a, b in zip(ts, ref)])
 
 
-def machine_info(threads: int, device: str) -> List[str]:
+def machine_info(device: str) -> List[str]:
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -380,58 +430,53 @@ def machine_info(threads: int, device: str) -> List[str]:
         f"- machine: {cpu}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}",
         f"- torch {torch.__version__}, torchvision {torchvision.__version__}, detectron2 "
         f"{detectron2.__version__}, Python {platform.python_version()}",
-        f"- threads: `torch.set_num_threads({threads})`, device: {device}",
+        f"- device: {device}",
     ]
     if device.startswith("cuda"):
         lines.append(f"- GPU: {torch.cuda.get_device_name()}")
     return lines
 
 
-NOTES = """## What the time goes to (torch.profiler, CPU, 2 threads)
+NOTES = """## What the time goes to (torch.profiler)
 
-Profiled with `torch.profiler.profile()` around one forward+backward of the training case
-(2 x 512 ROIs), `key_averages()` sorted by self CPU time, on an otherwise idle moment of the
-machine: `python tools/benchmark.py --profile gather:train_r2:fwd+bwd` (any `IMPL:CASE:MODE`).
+`python tools/benchmark.py --profile gather:train_r2:fwd+bwd` profiles one step of a case in
+each condition (any `IMPL:CASE:MODE`); `results/profile_gather.md` holds the profiles of the
+four headline cases before and after the changes below, and of `ROIPooler`, in all three
+conditions.
 
-- **Before** (first gather version: one `embedding_bag` per level on a full channels-last copy of the
-  level, gradient handed back channels-last): at ratio 2, `aten::copy_` 54 % of the time, most of it
-  autograd re-laying the channels-last gradient out as NCHW (`AccumulateGrad`; in a model the FPN
-  convolution or the sum with the RPN's gradient pays the same, a strided NCHW <- NHWC copy at
-  ~4x the cost of a plain copy), `embedding_bag` 25 %, `fill_`/`index_put_` ~9 %.
-- **After** (default now): levels are sampled by one `embedding_bag` over all ROIs per chunk of 64
-  channels, bags already in output order (no scatter into the output), and the backward builds each
-  image's gradient rows chunk by chunk and transposes them straight into a contiguous NCHW gradient
-  with `copy_`'s blocked 2-D transpose. Profile at ratio 2: layout copies ~55 % (the NCHW -> rows
-  copies of the forward and the rows -> NCHW transposes of the backward, ~10 ms per 15 MB block,
-  single-threaded), `embedding_bag` ~15 %, `argsort` of the taps ~5 %, bookkeeping (plan building,
-  `nonzero`, `cat`) the rest; at ratio 0 the plan building (`index`, `nonzero`, `cat` over the
-  power-of-two grid groups) adds ~10 %.
-- **Touched rows only** (now): when the taps of a call touch at most half of the rows of the
-  levels it samples (the mask pooler's few positive ROIs, a handful of proposals), only those rows
-  are gathered (`index_select` along each channel row, then one blocked transpose) and the
-  backward scatters their gradient rows into a zeroed NCHW gradient (`index_copy_`). Mask
-  14x14 forward+backward went from 0.44x to 0.2x-0.3x of `ROIPooler`'s time, and the 16-ROI case
-  from 2.4x (the pyramid copy dominated) to about 0.7x (ranges over three runs of the benchmark).
-- **What remains and why**: with many ROIs the taps touch most of the pyramid, and the layout
-  copies cannot go while the FPN hands over NCHW maps and wants an NCHW gradient: a sum over rows
-  needs channels-last rows. They are already at memory-copy speed per block; running them for two
-  images on two threads would halve them but is not done (no threads inside the pooler). Peak
-  memory of forward+backward is within 1.1x of `ROIPooler`'s; forward-only peaks are higher (the
-  inference row about 1.4x): the transient 64-channel table (rows of every sampled level, ~40 MB
-  at 2 x 800x1216) and the taps (int32 row, float weight) come on top of the output that both
-  implementations allocate. A smaller channel chunk would trade that memory for more
-  `embedding_bag` passes over the taps.
-- **Whole model**: in a Mask R-CNN R50-FPN training iteration (random init, 2 images 800x1216) the
-  profile is ~85 % convolutions (`convolution_backward` 5.2 s, `mkldnn_convolution` 2.5-3.1 s of
-  ~9.5 s); Detectron2's `roi_align` forward+backward there is ~0.2 s, and the plugin's pooler saves
-  a part of it: the training ratio was 0.92x to 1.00x over three runs, within this machine's noise. In the R50 inference pass (random init: no
-  detection passes the score threshold, so nothing is mask-pooled) `torchvision::roi_align` takes
-  ~1.5 ms of ~1.5 s (0.1 %): no pooler can make that pass measurably faster, and ours spends a
-  few ms more there on the layout copy, so the ratio is 1.0x within noise. In the shapes demo's
-  R18-FPN at 256x256, where the ROI heads are a larger share, training is 8-11 % faster (three runs); in its
-  inference pass `roi_align` is ~6 % of the built-in pass against ~1 % for our `embedding_bag`,
-  and the plan building's many small ops (index, nonzero, cat: dispatch overhead) eat most of the
-  difference, so that ratio is close to 1 (0.95x to 1.0x over our runs).
+- **Before** (commit 3d9ac33): the plan was built per level and per power-of-two grid-size
+  group (a few hundred small tensor ops per group and level: index arithmetic, `nonzero`,
+  `cat`), ~25,000 op calls for one training step at sampling ratio 0 and ~24,000 for the
+  inference call, most of them large enough to run as 2-thread OpenMP regions. On an idle
+  machine that cost ~10 %; with one core taken by another process each region waits for the
+  thread that shares that core, and the same calls took 1.5-2x their 1-thread time (10x when
+  two other processes ran: this project's machines are often shared like that), while
+  torchvision's single-threaded `roi_align` behind `ROIPooler` did not care.
+- **Now**: (1) `layers/axis_taps.py` lists the taps of all ROIs of a call along each axis as
+  flat lists (only samples on the map, zero taps dropped), and `upright_gather_plan` builds
+  every bag as the product of its row's y-taps and column's x-taps with a fixed number of ops
+  and `index_select`s: ~2,700 op calls for the inference call, ~5,700 for a training step
+  (mostly the per-chunk copies); the sums are bit-identical to the grouped plan's.
+  (2) The sampler's ops run on one intra-op thread (`layers/threads.py`), so its time is the
+  same whichever condition, and so are the ratios. (3) The channel chunk (8-64 channels) and
+  blocks of ROIs per `embedding_bag` come from a memory budget: the taps plus one chunk's table
+  and bins stay within 0.6x of the output (forward-only peaks were 1.4x-1.6x `ROIPooler`'s);
+  the backward's chunk within a tenth of the feature gradients it returns. (4) Touched-row
+  detection with `bincount` instead of an `index_put_` over all taps.
+- **What remains and why**: layout copies, ~50-60 % of a training step: the NCHW -> rows
+  transposes of the forward (a sum over rows needs channels-last rows) and the rows -> NCHW
+  transposes of the backward (the FPN wants an NCHW gradient), plus the first touch of the
+  freshly allocated output and gradients (page faults, which `ROIPooler` pays as well in its
+  `fill_`). They run at memory speed on one thread; two threads would halve them on an idle
+  machine but make them wait on a busy one, which is what this issue is about. Then
+  `embedding_bag` (20-25 %) and the sort of the taps by row for the backward (~5 %).
+- **Whole model**: in the shapes demo's R18-FPN training step (4 images 256x256) the built-in
+  heads spend ~0.2 s in `torchvision::roi_align` forward and backward under the busy-core
+  condition, ~6 % of a ~3.5 s step whose convolutions (`convolution_backward`,
+  `mkldnn_convolution`, ~75 %) slow down 3x on a busy core for both heads alike; the plugin's
+  pooler takes ~60 ms there. So the whole-step ratio can be no better than ~0.94x, and this
+  machine's noise (+-5 % between runs) is of the same size: the tables give the medians.
+  In R50-FPN at 800x1216 the convolutions are ~85 % and the ratio is ~1.0x within noise.
 - The `grid_sample` sampler lays the sample points of all ROIs of a level, whatever their
   adaptive grid sizes, out in one flat list per image, samples them with one `grid_sample` call
   and sums each bin's samples with one `scatter_add`. Before, it made one call per power-of-two
@@ -445,17 +490,109 @@ machine: `python tools/benchmark.py --profile gather:train_r2:fwd+bwd` (any `IMP
 """
 
 
+def pooler_section(args, cond: Condition, headline: Dict) -> List[str]:
+    """The pooler table of one condition (run inside it)."""
+    quick, device = args.quick, args.device
+    reps = args.reps or (3 if quick else 7)
+    md = [
+        "| case | mode | implementation | time ms | ratio | peak extra MB | memory ratio |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for case in pooler_cases(quick):
+        if args.cases and case.name not in args.cases:
+            continue
+        impls = [i for i in case.impls if cond.name == "idle" or i not in IDLE_ONLY]
+        if len(impls) < 2:
+            continue
+        for mode in case.modes:
+            print(f"[{cond.name}] pooler {case.name} {mode}", file=sys.stderr, flush=True)
+            steps = {impl: make_step(impl, case, mode, quick, device) for impl in impls}
+            times = interleaved(steps, reps, 1 if quick else 2, device)
+            del steps
+            gc.collect()
+            mem = {}
+            # --quick measures memory for the headline case only (each one is a process start).
+            if not args.no_memory and (not quick or (case.name, mode) == ("train_r0", "fwd+bwd")):
+                for impl in impls:
+                    mem[impl] = measure_memory(impl, case, mode, quick, device, cond.threads)
+            for impl in impls:
+                r = ratio(times[impl], times["detectron2"])
+                m, m_ref = mem.get(impl), mem.get("detectron2")
+                m_ratio = m / m_ref if m is not None and m_ref else None
+                md.append(
+                    f"| {case.description}, {case.rois} ROIs/image | {mode} | {IMPL_NAMES[impl]} | "
+                    f"{fmt_t(times[impl])} | {r:.2f}x | {'-' if m is None else f'{m:.0f}'} | "
+                    f"{'-' if m_ratio is None else f'{m_ratio:.2f}x'} |"
+                )
+                headline[(cond.name, case.name, mode, impl)] = (r, m_ratio)
+    return md
+
+
+def model_section(args, cond: Condition, mcase: ModelCase, headline: Dict) -> List[str]:
+    quick, device = args.quick, args.device
+    print(f"[{cond.name}] model {mcase.title}", file=sys.stderr, flush=True)
+    mreps = args.model_reps or (1 if quick else (3 if mcase.image_hw[0] > 400 else 7))
+    res = model_bench(mcase, quick, device, mreps)
+    mh, mw = mcase.quick_hw if quick else mcase.image_hw
+    md = [
+        f"`{mcase.config}` (random init, no weights) with the plugin heads "
+        f"(`PluginROIHeads`, `TwoMLPHead`, sampler `gather`) vs the same config with "
+        f"`StandardROIHeads` + `FastRCNNConvFCHead`; identical weights, random {mh}x{mw} images with "
+        f"8 boxes/masks each, {mreps} repetition(s) after one warm-up, interleaved.",
+        "",
+        "| pass | built-in heads ms | plugin heads ms | ratio plugin / built-in |",
+        "| --- | --- | --- | --- |",
+    ]
+    for name, t in res.items():
+        r = ratio(t["plugin"], t["builtin"])
+        md.append(f"| {name} | {fmt_t(t['builtin'])} | {fmt_t(t['plugin'])} | {r:.2f}x |")
+        headline[(cond.name, "model", mcase.config, name.split(" ")[0])] = (r, None)
+    return md
+
+
+def targets_section(conditions: List[Condition], headline: Dict) -> List[str]:
+    """Each target against its measured ratio, per condition."""
+    md = [
+        "| target (default `gather` sampler / `ROIPooler`) | limit | "
+        + " | ".join(c.title for c in conditions) + " |",
+        "| --- | --- |" + " --- |" * len(conditions),
+    ]
+
+    def cell(key, limit, index):
+        v = headline.get(key)
+        if v is None or v[index] is None:
+            return "-"
+        return f"{v[index]:.2f}x {'yes' if v[index] <= limit else '**no**'}"
+
+    for label, (case, mode), limit in TARGETS:
+        md.append(f"| time, {label} | {limit}x | "
+                  + " | ".join(cell((c.name, case, mode, "gather"), limit, 0) for c in conditions) + " |")
+    for case, mode in (("train_r0", "fwd"), ("train_r0", "fwd+bwd"), ("train_r2", "fwd"), ("train_r2", "fwd+bwd"),
+                       ("infer_r0", "infer"), ("mask_r0", "fwd"), ("mask_r0", "fwd+bwd")):
+        md.append(f"| peak extra memory, {case} {mode} | {MEMORY_TARGET}x | "
+                  + " | ".join(cell((c.name, case, mode, "gather"), MEMORY_TARGET, 1) for c in conditions) + " |")
+    shapes = MODEL_CASES[1].config
+    md.append(f"| shapes R18-FPN training iteration, plugin / built-in heads | {MODEL_TARGET}x (busy core) | "
+              + " | ".join(cell((c.name, "model", shapes, "train"), MODEL_TARGET, 0) for c in conditions) + " |")
+    return md
+
+
 def run(args) -> str:
     device = args.device
     quick = args.quick
     reps = args.reps or (3 if quick else 7)
     height, width = image_size(quick)
+    conditions = [CONDITIONS[c] for c in args.conditions]
     md = [
         "# Benchmarks" if not quick else "# Benchmarks (--quick: smaller sizes, not the reference figures)",
         "",
         "Generated by `python tools/benchmark.py" + (" --quick" if quick else "") + "`; do not edit by hand.",
         "",
-        *machine_info(args.threads, device),
+        *machine_info(device),
+        "- conditions: " + "; ".join(
+            f"**{c.title}** (`torch.set_num_threads({c.threads})`"
+            + (", a `while True: pass` process started by the benchmark holds one core" if c.busy else "") + ")"
+            for c in conditions),
         f"- pooler inputs: 2 images {height}x{width}, P2..P5 with 256 channels (float32), "
         "ROIAlignV2, boxes with side lengths log-uniform in 16..800 px, uniform centres, clipped to the image",
         f"- timing: {reps} repetitions after warm-up, implementations interleaved; time = median (min-max) "
@@ -464,66 +601,28 @@ def run(args) -> str:
         + ("(`torch.cuda.max_memory_allocated` minus the memory allocated before the step)" if device.startswith("cuda")
            else "(growth of the resident-set high-water mark, `/proc/self/status` VmHWM after `clear_refs`, "
                 "with a fixed glibc mmap threshold so freed blocks leave the resident set)"),
+        "- the `grid_sample` sampler and the notebook design are measured in the idle condition only",
         "",
-        "## Pooler",
-        "",
-        "| case | mode | implementation | time ms | ratio | peak extra MB | memory ratio |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
-    headline = {}
-    for case in pooler_cases(quick):
-        if args.cases and case.name not in args.cases:
-            continue
-        for mode in case.modes:
-            print(f"[pooler] {case.name} {mode}", file=sys.stderr, flush=True)
-            steps = {impl: make_step(impl, case, mode, quick, device) for impl in case.impls}
-            times = interleaved(steps, reps, 1 if quick else 2, device)
-            del steps
-            gc.collect()
-            mem = {}
-            # --quick measures memory for the headline case only (each one is a process start).
-            if not args.no_memory and (not quick or (case.name, mode) == ("train_r0", "fwd+bwd")):
-                for impl in case.impls:
-                    mem[impl] = measure_memory(impl, case, mode, quick, device, args.threads)
-            for impl in case.impls:
-                r = ratio(times[impl], times["detectron2"])
-                m = mem.get(impl)
-                m_ref = mem.get("detectron2")
-                m_ratio = f"{m / m_ref:.2f}x" if m is not None and m_ref else "-"
-                label = f"{case.description}, {case.rois} ROIs/image"
-                md.append(
-                    f"| {label} | {mode} | {IMPL_NAMES[impl]} | {fmt_t(times[impl])} | {r:.2f}x | "
-                    f"{'-' if m is None else f'{m:.0f}'} | {m_ratio} |"
-                )
-                headline[(case.name, mode, impl)] = (r, None if m is None or not m_ref else m / m_ref)
+    headline: Dict = {}
+    sections = []
+    for cond in conditions:
+        torch.set_num_threads(cond.threads)
+        with busy_core(cond.busy):
+            body = ["", f"## {cond.title}", "", "### Pooler", ""] + pooler_section(args, cond, headline)
+            if not args.no_model:
+                for mcase in MODEL_CASES:
+                    if mcase.image_hw[0] > 400 and cond.name != "idle":
+                        continue  # R50 at 800x1216: idle condition only (minutes per condition)
+                    body += ["", f"### Whole model: {mcase.title}", ""] + model_section(args, cond, mcase, headline)
+        sections += body
+    md += ["## Targets", ""] + targets_section(conditions, headline) + sections
     md += [
         "",
         "The notebook design keeps one copy of its image's level map per ROI (forward) and one "
         "level-sized gradient per ROI (backward), so its time and memory grow linearly with the ROI "
         "count; at 512 ROIs per image it would need roughly 512/16 = 32x the figures of its row above.",
     ]
-    if not args.no_model:
-        for mcase in MODEL_CASES:
-            print(f"[model] {mcase.title}", file=sys.stderr, flush=True)
-            mreps = args.model_reps or (1 if quick else (3 if mcase.image_hw[0] > 400 else 7))
-            res = model_bench(mcase, quick, device, mreps)
-            mh, mw = mcase.quick_hw if quick else mcase.image_hw
-            md += [
-                "",
-                f"## Whole model: {mcase.title}",
-                "",
-                f"`{mcase.config}` (random init, no weights) with the plugin heads "
-                f"(`PluginROIHeads`, `TwoMLPHead`, sampler `gather`) vs the same config with "
-                f"`StandardROIHeads` + `FastRCNNConvFCHead`; identical weights, random {mh}x{mw} images with "
-                f"8 boxes/masks each, {mreps} repetition(s) after one warm-up, interleaved.",
-                "",
-                "| pass | built-in heads ms | plugin heads ms | ratio plugin / built-in |",
-                "| --- | --- | --- | --- |",
-            ]
-            for name, t in res.items():
-                r = ratio(t["plugin"], t["builtin"])
-                md.append(f"| {name} | {fmt_t(t['builtin'])} | {fmt_t(t['plugin'])} | {r:.2f}x |")
-                headline[("model", mcase.config, name)] = (r, None)
     if not device.startswith("cuda"):
         md += ["", "## GPU", "", args.gpu_note]
     md += ["", NOTES]
@@ -531,10 +630,42 @@ def run(args) -> str:
     return "\n".join(md)
 
 
+def profile(args) -> str:
+    """torch.profiler of one step of ``IMPL:CASE:MODE`` in each condition: a markdown summary
+    (wall time of the profiled step, aten op calls, the ops with most self CPU time)."""
+    impl, case_name, mode = args.profile.split(":")
+    case = next(c for c in pooler_cases(args.quick) if c.name == case_name)
+    md = [f"### {args.label or impl}: `{args.profile}`", ""]
+    for cond in (CONDITIONS[c] for c in args.conditions):
+        torch.set_num_threads(cond.threads)
+        step = make_step(impl, case, mode, args.quick, args.device)
+        with busy_core(cond.busy):
+            step()
+            step()  # warm-up
+            t0 = time.perf_counter()
+            with torch.profiler.profile() as prof:
+                step()
+            wall = time.perf_counter() - t0
+        events = [e for e in prof.key_averages() if e.key.startswith(("aten::", "torchvision::"))]
+        calls = sum(e.count for e in events)
+        total = sum(e.self_cpu_time_total for e in events) or 1.0
+        top = sorted(events, key=lambda e: -e.self_cpu_time_total)[:6]
+        md.append(
+            f"- **{cond.title}**: {wall * 1e3:.0f} ms, {calls} op calls; "
+            + ", ".join(f"`{e.key.split('::')[-1]}` {e.self_cpu_time_total / 1e3:.0f} ms ({e.count}x, "
+                        f"{100 * e.self_cpu_time_total / total:.0f} %)" for e in top)
+        )
+        if args.verbose:
+            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20), file=sys.stderr)
+    return "\n".join(md + [""])
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller sizes and fewer repetitions (< 1 min)")
-    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
+    parser.add_argument("--conditions", nargs="*", default=list(CONDITIONS), choices=list(CONDITIONS),
+                        help="conditions to measure (default: all three)")
+    parser.add_argument("--threads", type=int, default=2, help=argparse.SUPPRESS)  # memory subprocesses
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--reps", type=int, default=0, help="pooler repetitions (default 7, quick 3)")
     parser.add_argument("--model-reps", type=int, default=0, help="whole-model repetitions (default 3, quick 1)")
@@ -546,19 +677,20 @@ def main():
     parser.add_argument("--gpu-note", default="No GPU was available to this run, so there is no GPU section; "
                         "rerun with `--device cuda` on a machine with one.")
     parser.add_argument("--profile", metavar="IMPL:CASE:MODE", default=None,
-                        help="print the torch.profiler table (self CPU time) of one step, e.g. "
-                        "gather:train_r2:fwd+bwd, and exit; the source of the profile notes")
+                        help="profile one step (torch.profiler, self CPU time) in each condition, e.g. "
+                        "gather:train_r2:fwd+bwd, print a markdown summary and exit")
+    parser.add_argument("--profile-md", default="", help="with --profile: append the summary to this file")
+    parser.add_argument("--label", default="", help="with --profile: the summary's title")
+    parser.add_argument("--verbose", action="store_true", help="with --profile: full tables on stderr")
     parser.add_argument("--_memory", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.profile:
-        impl, case_name, mode = args.profile.split(":")
-        case = next(c for c in pooler_cases(args.quick) if c.name == case_name)
-        step = make_step(impl, case, mode, args.quick, args.device)
-        step()  # warm-up
-        with torch.profiler.profile() as prof:
-            step()
-        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20))
+        text = profile(args)
+        print(text)
+        if args.profile_md:
+            with open(args.profile_md, "a") as f:
+                f.write(text + "\n")
         return
     if args._memory:
         impl, case_name, mode = args._memory.split(":")
