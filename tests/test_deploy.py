@@ -16,6 +16,7 @@ from detectron2.structures import Boxes
 
 from roi_plugin import ROIAlignPooler, TwoMLPHead
 from roi_plugin.deploy import compare, compile_counts, export_model_onnx, run_eager, run_onnx
+from roi_plugin.deploy_batch import export_batched_onnx, pad_batch, run_onnx_batched
 from roi_plugin.export import ExportableBoxBranch, boxes_to_rois
 from test_export import SCALES, pyramid, random_boxes
 from tiny_model import tiny_cfg
@@ -75,6 +76,37 @@ def test_whole_model_onnx_matches_eager(tmp_path):
             counts.append(len(e["scores"]))
     assert sorted(counts)[0] == 0 and sorted(counts)[1] > 0
 
+    # The dynamic-batch graph (ONNX Loop around the graph above): one call per batch of images of
+    # different sizes, padded into one tensor, the image without detections among them; each
+    # image's first num_detections rows equal eager on that image alone, and the single-image
+    # graph's output up to float rounding (bit for bit with onnxruntime's optimisations off).
+    K = predictor.test_topk_per_image
+    batched = export_batched_onnx(path, str(tmp_path / "model_batched.onnx"), K)
+    assert {n.op_type for n in batched.graph.node} == {"Shape", "Gather", "Loop"}
+    dims = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+            for v in [*batched.graph.input, *batched.graph.output]}
+    assert dims["images"] == ["batch", 3, "height", "width"] and dims["image_sizes"] == ["batch", 2]
+    assert dims["pred_boxes"] == ["batch", K, 4] and dims["pred_masks"] == ["batch", K, 1, 28, 28]
+    assert dims["num_detections"] == ["batch"]
+    plain = ort.SessionOptions()
+    plain.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sessions = [ort.InferenceSession(p, so, providers=["CPUExecutionProvider"])
+                for p in (path, str(tmp_path / "model_batched.onnx")) for so in (ort.SessionOptions(), plain)]
+    mixed = [batches[2][0], next(im for b in batches for im, n in zip(b, run_eager(model, b)) if not len(n["scores"])),
+             batches[1][1]]
+    for batch in batches + [mixed]:
+        eager = run_eager(model, batch)
+        got = run_onnx_batched(sessions[2], batch)
+        for im, e, b in zip(batch, eager, got):
+            assert_same_detections(e, b, tuple(im.shape[1:]))
+        for a, b in zip(run_onnx(sessions[1], names, batch), run_onnx_batched(sessions[3], batch)):
+            for k in b:
+                np.testing.assert_array_equal(a[k], b[k])
+    raw = dict(zip([o.name for o in sessions[2].get_outputs()], sessions[2].run(None, dict(zip(("images", "image_sizes"), pad_batch(mixed))))))
+    n = raw["num_detections"]
+    assert n[1] == 0 and n[0] > 0 and raw["pred_boxes"].shape == (3, K, 4)
+    assert (raw["pred_classes"][1] == -1).all() and not raw["scores"][1].any()  # padding rows
+
 
 def test_export_model_tool(tmp_path):
     """tools/export_model.py: config + checkpoint -> model.onnx, --verify (batches 1-3 of other
@@ -98,9 +130,14 @@ def test_export_model_tool(tmp_path):
     ])
     assert [s["label"] for s in summaries] == ["PluginROIHeads", "StandardROIHeads (built-in)"]
     assert all(s["ok"] for s in summaries)
-    assert [r["batch"] for r in summaries[0]["rows"]] == [1, 2, 2, 1]  # + the blank image
+    # each image through the single-image graph, then through the batched one; + the blank image
+    assert [(r["graph"], r["batch"]) for r in summaries[0]["rows"]] == [
+        ("per image", 1), ("batched", 1), ("per image", 2), ("per image", 2), ("batched", 2), ("batched", 2),
+        ("per image", 1), ("batched", 1)]
+    assert os.path.exists(tmp_path / "out" / "model_batched.onnx")
+    assert os.path.exists(tmp_path / "out" / "builtin" / "model_batched.onnx")
     text = results.read_text()
-    assert "| PluginROIHeads | 2 | 112x80 |" in text and "StandardROIHeads (built-in)" in text
+    assert "| PluginROIHeads | batched | 2 | 112x80 |" in text and "StandardROIHeads (built-in) | batched" in text
 
 
 # ----------------------------------------------------------------------------- TorchScript
