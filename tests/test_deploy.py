@@ -126,7 +126,7 @@ def test_export_model_tool(tmp_path):
         "--config-file", os.path.join(REPO, "configs", "mask_rcnn_R_50_FPN_1x_plugin.yaml"),
         "--checkpoint", str(tmp_path / "tiny.pth"), "--output-dir", str(tmp_path / "out"),
         "--height", "128", "--width", "160", "--verify", "--compare-builtin", "--results", str(results),
-        "--sizes", "96x128;112x80,128x128", *overrides,
+        "--sizes", "96x128;112x80,128x128", "--repeats", "1", *overrides,
     ])
     assert [s["label"] for s in summaries] == ["PluginROIHeads", "StandardROIHeads (built-in)"]
     assert all(s["ok"] for s in summaries)

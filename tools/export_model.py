@@ -64,6 +64,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--compare-builtin", action="store_true",
                    help="also export and verify the same checkpoint in Detectron2's built-in heads")
     p.add_argument("--results", default="", help="write the comparison table (markdown) here")
+    p.add_argument("--repeats", type=int, default=3, help="timed calls per latency figure (median)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random init (no checkpoint)")
     p.add_argument("--compile-check", action="store_true",
                    help="also run torch.compile(model.roi_heads) on the verification images")
@@ -216,12 +217,12 @@ def export_and_verify(cfg, checkpoint, out_dir, args, label, state_dict=None):
                       f"{r.get('mask_prob_diff', 0.0):.1e}, mask IoU min {r.get('mask_iou_min', float('nan')):.4f} "
                       f"-> {'ok' if r['ok'] else 'DIFFERS'}")
     im = batches[0][0]
-    summary["eager_s"] = time_call(lambda: run_eager(model, [im]))
-    summary["onnx_s"] = time_call(lambda: run_onnx(sess, names, [im]))
+    summary["eager_s"] = time_call(lambda: run_eager(model, [im]), args.repeats)
+    summary["onnx_s"] = time_call(lambda: run_onnx(sess, names, [im]), args.repeats)
     big = max(batches, key=len)  # per image: the largest batch in one batched call vs one call each
     summary["latency_batch"] = len(big)
-    summary["onnx_calls_s"] = time_call(lambda: run_onnx(sess, names, big)) / len(big)
-    summary["onnx_batched_s"] = time_call(lambda: run_onnx_batched(sess_b, big)) / len(big)
+    summary["onnx_calls_s"] = time_call(lambda: run_onnx(sess, names, big), args.repeats) / len(big)
+    summary["onnx_batched_s"] = time_call(lambda: run_onnx_batched(sess_b, big), args.repeats) / len(big)
     print(f"[{label}] onnxruntime s/image, batch of {len(big)}: one call per image "
           f"{summary['onnx_calls_s']:.3f}, one batched call {summary['onnx_batched_s']:.3f}")
     # What a batched eager call gives (Detectron2 pads a batch to a common size): for the record.
@@ -286,7 +287,7 @@ def write_results(path, summaries, args, cfg):
                      f"{s['onnx_calls_s']:.3f} | {s['onnx_batched_s']:.3f} |")
     hw = parse_sizes(args.sizes)[0][0]
     big = max(parse_sizes(args.sizes), key=len)
-    lines += ["", f"Latency: median of 3 calls after a warm-up, one {hw[0]}x{hw[1]} image (eager, onnxruntime), "
+    lines += ["", f"Latency: median of {args.repeats} calls after a warm-up, one {hw[0]}x{hw[1]} image (eager, onnxruntime), "
               f"and the batch {', '.join(f'{h}x{w}' for h, w in big)} (per image: {nb} calls of the single-image "
               f"graph, or one call of the batched graph on the batch padded to a common size, divided by {nb}); "
               f"CPU, {torch.get_num_threads()} torch threads, "
