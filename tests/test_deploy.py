@@ -244,3 +244,49 @@ def test_torch_export_box_branch():
         ref = heads.box_predictor(heads.box_head(heads.box_pooler(feats, boxes)))
     for a, b in zip(program.module()(*feats, boxes_to_rois(boxes)), ref):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
+
+
+def test_torch_export_roi_heads():
+    """torch.export of model.roi_heads at inference (ROIHeadsTensors: features + proposal boxes +
+    image in, boxes/scores/classes/masks out): the wrapper equals roi_heads eagerly, but
+    torch.export (non-strict, proposals dynamic; it fails with static shapes too) stops in
+    Detectron2's post-processing, at fast_rcnn_inference_single_image's data-dependent
+    `if not valid_mask.all()`, not in the plugin's modules. The mask branch (pooler + mask head
+    on the detections' boxes) exports with a dynamic detection count and equals eager, as the
+    box branch does (test_torch_export_box_branch)."""
+    import traceback
+
+    from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode
+
+    from roi_plugin.export import ExportableMaskBranch, ROIHeadsTensors
+
+    model = tiny_model()
+    heads = model.roi_heads
+    with torch.no_grad():
+        imlist = model.preprocess_image([{"image": im} for im in images([(96, 128)], 5)])
+        features = model.backbone(imlist.tensor)
+        proposals, _ = model.proposal_generator(imlist, features, None)
+        ref = heads(imlist, features, proposals, None)[0][0]
+        wrapper = ROIHeadsTensors(heads).eval()
+        args = ([features[k] for k in wrapper.in_features], proposals[0].proposal_boxes.tensor, imlist.tensor[0])
+        got = wrapper(*args)
+    assert len(ref) > 0
+    for a, b in zip(got, (ref.pred_boxes.tensor, ref.scores, ref.pred_classes, ref.pred_masks)):
+        assert torch.equal(a, b)
+    dynamic = ([None] * len(args[0]), {0: torch.export.Dim("proposals")}, None)
+    with pytest.raises(GuardOnDataDependentSymNode) as info:
+        torch.export.export(wrapper, args, dynamic_shapes=dynamic, strict=False)
+    frames = [f for f in traceback.extract_tb(info.value.__traceback__) if "detectron2" in f.filename]
+    assert frames[-1].filename.endswith("roi_heads/fast_rcnn.py") and "valid_mask.all()" in frames[-1].line
+
+    branch = ExportableMaskBranch(heads).eval()
+    maps = [features[k] for k in heads.mask_in_features]
+    rois = boxes_to_rois([random_boxes(6, 96, 128, 0)])
+    program = torch.export.export(branch, (*maps, rois), dynamic_shapes=(tuple([None] * len(maps) + [{0: torch.export.Dim("rois")}]),))
+    for n in (3, 11, 0):
+        boxes = random_boxes(n, 96, 128, n + 7, max_side=200)
+        with torch.no_grad():
+            ref = heads.mask_head.layers(heads.mask_pooler(maps, [Boxes(boxes)]))
+        out = program.module()(*maps, boxes_to_rois([boxes]))
+        assert out.shape == ref.shape == (n, 3, 28, 28)
+        torch.testing.assert_close(out, ref, atol=1e-4, rtol=0)
