@@ -290,3 +290,38 @@ def test_torch_export_roi_heads():
         out = program.module()(*maps, boxes_to_rois([boxes]))
         assert out.shape == ref.shape == (n, 3, 28, 28)
         torch.testing.assert_close(out, ref, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("builtin", [False, True], ids=["plugin", "builtin"])
+def test_keypoint_rcnn_trace_and_onnx(builtin, tmp_path):
+    """A tiny keypoint R-CNN (random init, 5 keypoints): Detectron2's TracingAdapter +
+    torch.jit.trace gives the eager detections, keypoints and heatmaps on images of other sizes;
+    the ONNX export fails, for the built-in heads too, in Detectron2's keypoint post-processing
+    (heatmaps_to_keypoints, @script_if_tracing: aten::index on a Resize output of unknown rank),
+    not in the plugin's modules. So there is no keypoint ONNX graph, single or batched."""
+    from torch.onnx.errors import SymbolicValueError
+
+    from roi_plugin.deploy import trace_adapter
+
+    extra = ["MODEL.ROI_HEADS.NAME", "StandardROIHeads", "MODEL.ROI_BOX_HEAD.NAME", "FastRCNNConvFCHead"] if builtin else []
+    cfg = tiny_cfg("gather", "MODEL.RPN.POST_NMS_TOPK_TEST", "30", "MODEL.MASK_ON", "False", "MODEL.KEYPOINT_ON", "True",
+                   "MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS", "5", "MODEL.ROI_KEYPOINT_HEAD.CONV_DIMS", "(8, 8)", *extra)
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    example = images([(112, 128)], 0)[0]
+    adapter = trace_adapter(model, example)
+    with torch.no_grad():
+        traced = torch.jit.trace(adapter, (example,))
+        for im in images([(80, 160), (144, 112)], 3):
+            e = model.inference([{"image": im}], do_postprocess=False)[0]
+            t = adapter.outputs_schema(traced(im))[0]
+            assert len(e) == len(t) > 0 and torch.equal(e.pred_classes, t.pred_classes)
+            torch.testing.assert_close(t.pred_boxes.tensor, e.pred_boxes.tensor, atol=BOX_TOL, rtol=0)
+            torch.testing.assert_close(t.scores, e.scores, atol=SCORE_TOL, rtol=0)
+            # x, y in pixels; the keypoint score is a heatmap logit (large for a random init)
+            torch.testing.assert_close(t.pred_keypoints[..., :2], e.pred_keypoints[..., :2], atol=BOX_TOL, rtol=0)
+            torch.testing.assert_close(t.pred_keypoints[..., 2], e.pred_keypoints[..., 2], atol=1e-3, rtol=1e-3)
+            torch.testing.assert_close(t.pred_keypoint_heatmaps, e.pred_keypoint_heatmaps, atol=1e-3, rtol=1e-4)
+    with pytest.raises(SymbolicValueError, match="aten::index") as info:
+        export_model_onnx(model, example, str(tmp_path / "keypoint.onnx"))
+    assert "keypoints.py" in str(info.value) and "roi_map" in str(info.value)
