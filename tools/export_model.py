@@ -34,6 +34,7 @@ the config.
 """
 import argparse
 import os
+import re
 import sys
 import time
 
@@ -134,7 +135,7 @@ def verification_images(cfg, batches_hw=VERIFY_BATCHES, seed=0):
 def compile_check(model, batches):
     """torch.compile of ``model.roi_heads`` on each verification image: Dynamo's frames, graph
     breaks (with reasons) and the max difference from eager."""
-    from roi_plugin.deploy import compile_counts
+    from roi_plugin.deploy import compile_counts, torch_export_roi_heads
 
     class RoiHeadsOnly(torch.nn.Module):  # compile only the heads, eager backbone + RPN outside
         def __init__(self, m):
@@ -152,7 +153,9 @@ def compile_check(model, batches):
             features = model.backbone(images.tensor)
             proposals, _ = model.proposal_generator(images, features, None)
             calls.append((images, features, proposals))
-    return compile_counts(RoiHeadsOnly(model), calls)
+    counts = compile_counts(RoiHeadsOnly(model), calls)
+    counts["torch_export"] = torch_export_roi_heads(model, batches[0][0])
+    return counts
 
 
 def export_and_verify(cfg, checkpoint, out_dir, args, label, state_dict=None):
@@ -173,7 +176,12 @@ def export_and_verify(cfg, checkpoint, out_dir, args, label, state_dict=None):
     g = torch.Generator().manual_seed(123)
     example = torch.rand(3, args.height, args.width, generator=g) * 255
     t0 = time.perf_counter()
-    names = export_model_onnx(model, example, path, args.opset)
+    try:
+        names = export_model_onnx(model, example, path, args.opset)
+    except Exception as e:  # e.g. keypoint R-CNN: Detectron2's heatmaps_to_keypoints does not export
+        where = re.findall(r"(detectron2/\S+\.py:\d+)", str(e))
+        raise SystemExit(f"[{label}] ONNX export failed: {type(e).__name__}: {str(e).splitlines()[0][:160]}"
+                         + (f" (at {where[-1]})" if where else ""))
     graph = onnx.load(path)
     onnx.checker.check_model(graph)
     ops = sorted({n.op_type for n in graph.graph.node})
@@ -235,6 +243,7 @@ def export_and_verify(cfg, checkpoint, out_dir, args, label, state_dict=None):
         c = summary["compile"]
         print(f"[{label}] torch.compile(roi_heads): {c['frames']} frames {c['frames_per_call']}, "
               f"{c['graph_breaks']} graph breaks, max diff {c['max_diff']:.1e}")
+        print(f"[{label}] torch.export(roi_heads): {c['torch_export']['result']} {c['torch_export']['where']}")
     return summary
 
 
@@ -325,6 +334,13 @@ def write_results(path, summaries, args, cfg):
             for k, v in (s.get("compile") or {}).get("break_reasons", {}).items():
                 reasons[k.splitlines()[0][:140]] = reasons.get(k.splitlines()[0][:140], 0) + v
         lines += ["", "Graph-break reasons (both rows):"] + [f"- {v}x {k}" for k, v in sorted(reasons.items(), key=lambda kv: -kv[1])]
+        lines += ["", "`torch.export.export(ROIHeadsTensors(model.roi_heads), strict=False)` (features, "
+                  "proposal boxes and image in, boxes/scores/classes/masks out; proposals dynamic) on the "
+                  "first verification image:", ""]
+        for s in summaries:
+            if s.get("compile"):
+                e = s["compile"]["torch_export"]
+                lines.append(f"- {s['label']}: {e['result']}" + (f" at `{e['where']}`" if e["where"] else ""))
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
     print(f"wrote {path}")
