@@ -13,7 +13,8 @@ Height and width of the image and the number of detections are dynamic axes.
 The number of images is not: Detectron2's RPN and ROI post-processing (top-k per level, NMS,
 score threshold) loop over the images in Python, and the adapter takes a list of dicts, so a
 trace is made for a fixed number of images. A batch of B images runs as B calls of the graph
-(:func:`run_onnx`); ``results/deployment.md`` states it.
+(:func:`run_onnx`), or as one call of the dynamic-batch model of :mod:`roi_plugin.deploy_batch`
+(this graph inside an ONNX ``Loop`` over the images).
 
 Comparison (:func:`compare`): detections are paired one to one (same class, score within the
 tolerance, nearest box: scores that tie to float precision may leave top-k/NMS in either order);

@@ -1,5 +1,6 @@
 # Copyright (c) roi_plugin authors. Licensed under the Apache License 2.0.
-"""Export-friendly wrappers of the pooler and of the ROI heads' box branch.
+"""Export-friendly wrappers of the pooler and of the ROI heads' box and mask branches, and a
+tensor-in/tensor-out ``roi_heads`` (:class:`ROIHeadsTensors`, for trying ``torch.export``).
 
 The eager pooler takes a list of per-image ``Boxes``, so a trace would freeze the number
 of images. These wrappers take Detectron2's pooler format instead, one (K, 5) tensor of
