@@ -91,7 +91,6 @@ def batch_onnx_model(single: onnx.ModelProto, max_detections: int, image_input: 
 
     # --- Loop body: (iteration, cond) -> (cond, scan outputs...)
     nodes = [
-        helper.make_node("Unsqueeze", ["i", "axes0"], ["i1"]),
         helper.make_node("Gather", ["images", "i"], ["image_full"], axis=0),           # (3, H, W)
         helper.make_node("Gather", ["image_sizes", "i"], ["size_i"], axis=0),          # (2,)
         helper.make_node("Slice", ["image_full", "zeros2", "size_i", "axes12"], [rename(image_input)]),
