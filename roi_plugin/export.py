@@ -1,5 +1,6 @@
 # Copyright (c) roi_plugin authors. Licensed under the Apache License 2.0.
-"""Export-friendly wrappers of the pooler and of the ROI heads' box branch.
+"""Export-friendly wrappers of the pooler and of the ROI heads' box and mask branches, and a
+tensor-in/tensor-out ``roi_heads`` (:class:`ROIHeadsTensors`, for trying ``torch.export``).
 
 The eager pooler takes a list of per-image ``Boxes``, so a trace would freeze the number
 of images. These wrappers take Detectron2's pooler format instead, one (K, 5) tensor of
@@ -20,7 +21,8 @@ from torch import nn
 
 from .layers import EXPORT_MAX_GRID, ROIAlignPooler
 
-__all__ = ["ExportablePooler", "ExportableBoxBranch", "export_onnx", "boxes_to_rois"]
+__all__ = ["ExportablePooler", "ExportableBoxBranch", "ExportableMaskBranch", "ROIHeadsTensors",
+           "export_onnx", "boxes_to_rois"]
 
 
 def boxes_to_rois(box_lists: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -108,6 +110,52 @@ class ExportableBoxBranch(nn.Module):
         box_features = self.box_head(self.pooler(*inputs))
         scores, deltas = self.box_predictor(box_features)
         return scores, deltas
+
+
+class ExportableMaskBranch(nn.Module):
+    """Mask pooler + mask head layers of a ``StandardROIHeads``: ``forward(*features, rois) ->
+    mask logits`` (K, num_classes, M, M) (or (K, 1, M, M), class-agnostic) for the (K, 5) rois
+    (at inference: the detections' boxes). Picking each detection's class and the sigmoid stay
+    outside (``mask_rcnn_inference``), as box post-processing does for :class:`ExportableBoxBranch`."""
+
+    def __init__(self, roi_heads: nn.Module, max_grid: int = EXPORT_MAX_GRID, method: str = "roi_align"):
+        super().__init__()
+        self.pooler = ExportablePooler(roi_heads.mask_pooler, max_grid, method)
+        self.layers = roi_heads.mask_head.layers  # Detectron2's BaseMaskRCNNHead.layers: conv stack + predictor
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return self.layers(self.pooler(*inputs))
+
+
+class ROIHeadsTensors(nn.Module):
+    """``model.roi_heads`` at inference (Detectron2's own code: box branch, ``fast_rcnn_inference``
+    post-processing, mask branch on the detections) with tensors in and out, for ``torch.export``:
+    ``forward(features, proposal_boxes, image) -> (pred_boxes (N, 4), scores (N,), pred_classes
+    (N,), pred_masks (N, 1, M, M))`` of one image; ``features`` are the maps named
+    ``roi_heads.in_features`` in that order, ``proposal_boxes`` (R, 4) and ``image`` only gives
+    the image size (its last two axes, so that the size stays symbolic).
+
+    Eagerly it equals ``roi_heads`` on that image's proposals. ``torch.export`` of it fails in
+    Detectron2's inference code, not in the plugin's modules (``tests/test_deploy.py``
+    ``test_torch_export_roi_heads``): ``fast_rcnn_inference_single_image`` branches on data
+    (``if not valid_mask.all()``, and ``Boxes.clip`` asserts ``isfinite(...).all()``), and
+    ``Instances.set`` calls Python's ``len()``, which must return an int, so the numbers of
+    proposals and detections cannot stay symbolic. The pooler-to-predictor parts export
+    (:class:`ExportableBoxBranch`, :class:`ExportableMaskBranch`)."""
+
+    def __init__(self, roi_heads: nn.Module):
+        super().__init__()
+        self.heads = roi_heads
+        self.in_features: List[str] = list(roi_heads.in_features)
+
+    def forward(self, features: List[torch.Tensor], proposal_boxes: torch.Tensor, image: torch.Tensor):
+        from detectron2.structures import Boxes, Instances
+
+        proposals = Instances(tuple(image.shape[-2:]), proposal_boxes=Boxes(proposal_boxes))
+        out, _ = self.heads(None, dict(zip(self.in_features, features)), [proposals], None)
+        inst = out[0]
+        masks = inst.pred_masks if inst.has("pred_masks") else inst.scores.new_zeros((len(inst), 0))
+        return inst.pred_boxes.tensor, inst.scores, inst.pred_classes, masks
 
 
 def export_onnx(

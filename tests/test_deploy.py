@@ -16,6 +16,7 @@ from detectron2.structures import Boxes
 
 from roi_plugin import ROIAlignPooler, TwoMLPHead
 from roi_plugin.deploy import compare, compile_counts, export_model_onnx, run_eager, run_onnx
+from roi_plugin.deploy_batch import export_batched_onnx, pad_batch, run_onnx_batched
 from roi_plugin.export import ExportableBoxBranch, boxes_to_rois
 from test_export import SCALES, pyramid, random_boxes
 from tiny_model import tiny_cfg
@@ -75,6 +76,37 @@ def test_whole_model_onnx_matches_eager(tmp_path):
             counts.append(len(e["scores"]))
     assert sorted(counts)[0] == 0 and sorted(counts)[1] > 0
 
+    # The dynamic-batch graph (ONNX Loop around the graph above): one call per batch of images of
+    # different sizes, padded into one tensor, the image without detections among them; each
+    # image's first num_detections rows equal eager on that image alone, and the single-image
+    # graph's output up to float rounding (bit for bit with onnxruntime's optimisations off).
+    K = predictor.test_topk_per_image
+    batched = export_batched_onnx(path, str(tmp_path / "model_batched.onnx"), K)
+    assert {n.op_type for n in batched.graph.node} == {"Shape", "Gather", "Loop"}
+    dims = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+            for v in [*batched.graph.input, *batched.graph.output]}
+    assert dims["images"] == ["batch", 3, "height", "width"] and dims["image_sizes"] == ["batch", 2]
+    assert dims["pred_boxes"] == ["batch", K, 4] and dims["pred_masks"] == ["batch", K, 1, 28, 28]
+    assert dims["num_detections"] == ["batch"]
+    plain = ort.SessionOptions()
+    plain.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sessions = [ort.InferenceSession(p, so, providers=["CPUExecutionProvider"])
+                for p in (path, str(tmp_path / "model_batched.onnx")) for so in (ort.SessionOptions(), plain)]
+    mixed = [batches[2][0], next(im for b in batches for im, n in zip(b, run_eager(model, b)) if not len(n["scores"])),
+             batches[1][1]]
+    for batch in batches + [mixed]:
+        eager = run_eager(model, batch)
+        got = run_onnx_batched(sessions[2], batch)
+        for im, e, b in zip(batch, eager, got):
+            assert_same_detections(e, b, tuple(im.shape[1:]))
+        for a, b in zip(run_onnx(sessions[1], names, batch), run_onnx_batched(sessions[3], batch)):
+            for k in b:
+                np.testing.assert_array_equal(a[k], b[k])
+    raw = dict(zip([o.name for o in sessions[2].get_outputs()], sessions[2].run(None, dict(zip(("images", "image_sizes"), pad_batch(mixed))))))
+    n = raw["num_detections"]
+    assert n[1] == 0 and n[0] > 0 and n[2] > 0 and raw["pred_boxes"].shape == (3, K, 4)
+    assert (raw["pred_classes"][1] == -1).all() and not raw["scores"][1].any()  # padding rows
+
 
 def test_export_model_tool(tmp_path):
     """tools/export_model.py: config + checkpoint -> model.onnx, --verify (batches 1-3 of other
@@ -94,13 +126,18 @@ def test_export_model_tool(tmp_path):
         "--config-file", os.path.join(REPO, "configs", "mask_rcnn_R_50_FPN_1x_plugin.yaml"),
         "--checkpoint", str(tmp_path / "tiny.pth"), "--output-dir", str(tmp_path / "out"),
         "--height", "128", "--width", "160", "--verify", "--compare-builtin", "--results", str(results),
-        "--sizes", "96x128;112x80,128x128", *overrides,
+        "--sizes", "96x128;112x80,128x128", "--repeats", "1", *overrides,
     ])
     assert [s["label"] for s in summaries] == ["PluginROIHeads", "StandardROIHeads (built-in)"]
     assert all(s["ok"] for s in summaries)
-    assert [r["batch"] for r in summaries[0]["rows"]] == [1, 2, 2, 1]  # + the blank image
+    # each image through the single-image graph, then through the batched one; + the blank image
+    assert [(r["graph"], r["batch"]) for r in summaries[0]["rows"]] == [
+        ("per image", 1), ("batched", 1), ("per image", 2), ("per image", 2), ("batched", 2), ("batched", 2),
+        ("per image", 1), ("batched", 1)]
+    assert os.path.exists(tmp_path / "out" / "model_batched.onnx")
+    assert os.path.exists(tmp_path / "out" / "builtin" / "model_batched.onnx")
     text = results.read_text()
-    assert "| PluginROIHeads | 2 | 112x80 |" in text and "StandardROIHeads (built-in)" in text
+    assert "| PluginROIHeads | batched | 2 | 112x80 |" in text and "StandardROIHeads (built-in) | batched" in text
 
 
 # ----------------------------------------------------------------------------- TorchScript
@@ -207,3 +244,84 @@ def test_torch_export_box_branch():
         ref = heads.box_predictor(heads.box_head(heads.box_pooler(feats, boxes)))
     for a, b in zip(program.module()(*feats, boxes_to_rois(boxes)), ref):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
+
+
+def test_torch_export_roi_heads():
+    """torch.export of model.roi_heads at inference (ROIHeadsTensors: features + proposal boxes +
+    image in, boxes/scores/classes/masks out): the wrapper equals roi_heads eagerly, but
+    torch.export (non-strict, proposals dynamic; it fails with static shapes too) stops in
+    Detectron2's post-processing, at fast_rcnn_inference_single_image's data-dependent
+    `if not valid_mask.all()`, not in the plugin's modules. The mask branch (pooler + mask head
+    on the detections' boxes) exports with a dynamic detection count and equals eager, as the
+    box branch does (test_torch_export_box_branch)."""
+    import traceback
+
+    from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode
+
+    from roi_plugin.export import ExportableMaskBranch, ROIHeadsTensors
+
+    model = tiny_model()
+    heads = model.roi_heads
+    with torch.no_grad():
+        imlist = model.preprocess_image([{"image": im} for im in images([(96, 128)], 5)])
+        features = model.backbone(imlist.tensor)
+        proposals, _ = model.proposal_generator(imlist, features, None)
+        ref = heads(imlist, features, proposals, None)[0][0]
+        wrapper = ROIHeadsTensors(heads).eval()
+        args = ([features[k] for k in wrapper.in_features], proposals[0].proposal_boxes.tensor, imlist.tensor[0])
+        got = wrapper(*args)
+    assert len(ref) > 0
+    for a, b in zip(got, (ref.pred_boxes.tensor, ref.scores, ref.pred_classes, ref.pred_masks)):
+        assert torch.equal(a, b)
+    dynamic = ([None] * len(args[0]), {0: torch.export.Dim("proposals")}, None)
+    with pytest.raises(GuardOnDataDependentSymNode) as info:
+        torch.export.export(wrapper, args, dynamic_shapes=dynamic, strict=False)
+    frames = [f for f in traceback.extract_tb(info.value.__traceback__) if "detectron2" in f.filename]
+    assert frames[-1].filename.endswith("roi_heads/fast_rcnn.py") and "valid_mask.all()" in frames[-1].line
+
+    branch = ExportableMaskBranch(heads).eval()
+    maps = [features[k] for k in heads.mask_in_features]
+    rois = boxes_to_rois([random_boxes(6, 96, 128, 0)])
+    program = torch.export.export(branch, (*maps, rois), dynamic_shapes=(tuple([None] * len(maps) + [{0: torch.export.Dim("rois")}]),))
+    for n in (3, 11, 0):
+        boxes = random_boxes(n, 96, 128, n + 7, max_side=200)
+        with torch.no_grad():
+            ref = heads.mask_head.layers(heads.mask_pooler(maps, [Boxes(boxes)]))
+        out = program.module()(*maps, boxes_to_rois([boxes]))
+        assert out.shape == ref.shape == (n, 3, 28, 28)
+        torch.testing.assert_close(out, ref, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("builtin", [False, True], ids=["plugin", "builtin"])
+def test_keypoint_rcnn_trace_and_onnx(builtin, tmp_path):
+    """A tiny keypoint R-CNN (random init, 5 keypoints): Detectron2's TracingAdapter +
+    torch.jit.trace gives the eager detections, keypoints and heatmaps on images of other sizes;
+    the ONNX export fails, for the built-in heads too, in Detectron2's keypoint post-processing
+    (heatmaps_to_keypoints, @script_if_tracing: aten::index on a Resize output of unknown rank),
+    not in the plugin's modules. So there is no keypoint ONNX graph, single or batched."""
+    from torch.onnx.errors import SymbolicValueError
+
+    from roi_plugin.deploy import trace_adapter
+
+    extra = ["MODEL.ROI_HEADS.NAME", "StandardROIHeads", "MODEL.ROI_BOX_HEAD.NAME", "FastRCNNConvFCHead"] if builtin else []
+    cfg = tiny_cfg("gather", "MODEL.RPN.POST_NMS_TOPK_TEST", "30", "MODEL.MASK_ON", "False", "MODEL.KEYPOINT_ON", "True",
+                   "MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS", "5", "MODEL.ROI_KEYPOINT_HEAD.CONV_DIMS", "(8, 8)", *extra)
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    example = images([(112, 128)], 0)[0]
+    adapter = trace_adapter(model, example)
+    with torch.no_grad():
+        traced = torch.jit.trace(adapter, (example,))
+        for im in images([(80, 160), (144, 112)], 3):
+            e = model.inference([{"image": im}], do_postprocess=False)[0]
+            t = adapter.outputs_schema(traced(im))[0]
+            assert len(e) == len(t) > 0 and torch.equal(e.pred_classes, t.pred_classes)
+            torch.testing.assert_close(t.pred_boxes.tensor, e.pred_boxes.tensor, atol=BOX_TOL, rtol=0)
+            torch.testing.assert_close(t.scores, e.scores, atol=SCORE_TOL, rtol=0)
+            # x, y in pixels; the keypoint score is a heatmap logit (large for a random init)
+            torch.testing.assert_close(t.pred_keypoints[..., :2], e.pred_keypoints[..., :2], atol=BOX_TOL, rtol=0)
+            torch.testing.assert_close(t.pred_keypoints[..., 2], e.pred_keypoints[..., 2], atol=1e-3, rtol=1e-3)
+            torch.testing.assert_close(t.pred_keypoint_heatmaps, e.pred_keypoint_heatmaps, atol=1e-3, rtol=1e-4)
+    with pytest.raises(SymbolicValueError, match="aten::index") as info:
+        export_model_onnx(model, example, str(tmp_path / "keypoint.onnx"))
+    assert "keypoints.py" in str(info.value) and "roi_map" in str(info.value)

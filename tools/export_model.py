@@ -14,11 +14,17 @@ Detectron2's ``tools/deploy/export_model.py --export-method tracing --format onn
 outputs ``pred_boxes`` (N, 4), ``pred_classes`` (N,), ``pred_masks`` (N, 1, M, M) ROI mask
 probabilities (Mask R-CNN), ``scores`` (N,), ``image_size`` (2,), N dynamic. The plugin's
 poolers take their deployment path inside the trace (ONNX ``RoiAlign`` per level, exact under
-adaptive sampling). The graph takes one image: a batch runs one call per image (see
-``roi_plugin/deploy.py`` for why).
+adaptive sampling). That graph takes one image (see ``roi_plugin/deploy.py`` for why); it also
+writes ``model_batched.onnx``, the same graph as the body of an ONNX ``Loop`` over the batch
+(``roi_plugin/deploy_batch.py``): inputs ``images`` (B, 3, H, W) float, the images padded to a
+common size, and ``image_sizes`` (B, 2) int64; outputs ``pred_boxes`` (B, K, 4), ``pred_classes``
+(B, K), ``pred_masks`` (B, K, 1, M, M), ``scores`` (B, K) with K = ``TEST.DETECTIONS_PER_IMAGE``,
+and ``num_detections`` (B,): image i's detections are its first ``num_detections[i]`` rows.
+B, H and W are dynamic.
 
-``--verify`` runs onnxruntime on batches of 1, 2 and 3 images of sizes the export did not use,
-plus a blank image, and compares each image's detections with the eager model's (boxes and
+``--verify`` runs onnxruntime (both graphs: the single-image one once per image, the batched one
+once per batch) on batches of 1, 2 and 3 images of sizes the export did not use, plus a blank
+image, and compares each image's detections with the eager model's (boxes and
 scores within ``--box-tol``/``--score-tol``, same classes, mask IoU >= ``--mask-iou``); it exits
 with status 1, printing the differences, when one is beyond. ``--compare-builtin`` does the same
 for the same checkpoint in Detectron2's built-in heads (``StandardROIHeads``,
@@ -28,6 +34,7 @@ the config.
 """
 import argparse
 import os
+import re
 import sys
 import time
 
@@ -40,6 +47,7 @@ from detectron2.modeling import build_model
 
 from roi_plugin import add_roi_plugin_config
 from roi_plugin.deploy import compare, export_model_onnx, run_eager, run_onnx, time_call
+from roi_plugin.deploy_batch import export_batched_onnx, run_onnx_batched
 
 # (height, width) of the verification batches: none is the export's size.
 VERIFY_BATCHES = [[(224, 288)], [(256, 320), (192, 256)], [(288, 224), (160, 352), (256, 256)]]
@@ -57,6 +65,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--compare-builtin", action="store_true",
                    help="also export and verify the same checkpoint in Detectron2's built-in heads")
     p.add_argument("--results", default="", help="write the comparison table (markdown) here")
+    p.add_argument("--repeats", type=int, default=3, help="timed calls per latency figure (median)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random init (no checkpoint)")
     p.add_argument("--compile-check", action="store_true",
                    help="also run torch.compile(model.roi_heads) on the verification images")
@@ -126,7 +135,7 @@ def verification_images(cfg, batches_hw=VERIFY_BATCHES, seed=0):
 def compile_check(model, batches):
     """torch.compile of ``model.roi_heads`` on each verification image: Dynamo's frames, graph
     breaks (with reasons) and the max difference from eager."""
-    from roi_plugin.deploy import compile_counts
+    from roi_plugin.deploy import compile_counts, torch_export_roi_heads
 
     class RoiHeadsOnly(torch.nn.Module):  # compile only the heads, eager backbone + RPN outside
         def __init__(self, m):
@@ -144,7 +153,9 @@ def compile_check(model, batches):
             features = model.backbone(images.tensor)
             proposals, _ = model.proposal_generator(images, features, None)
             calls.append((images, features, proposals))
-    return compile_counts(RoiHeadsOnly(model), calls)
+    counts = compile_counts(RoiHeadsOnly(model), calls)
+    counts["torch_export"] = torch_export_roi_heads(model, batches[0][0])
+    return counts
 
 
 def export_and_verify(cfg, checkpoint, out_dir, args, label, state_dict=None):
@@ -165,39 +176,63 @@ def export_and_verify(cfg, checkpoint, out_dir, args, label, state_dict=None):
     g = torch.Generator().manual_seed(123)
     example = torch.rand(3, args.height, args.width, generator=g) * 255
     t0 = time.perf_counter()
-    names = export_model_onnx(model, example, path, args.opset)
+    try:
+        names = export_model_onnx(model, example, path, args.opset)
+    except Exception as e:  # e.g. keypoint R-CNN: Detectron2's heatmaps_to_keypoints does not export
+        where = re.findall(r"(detectron2/\S+\.py:\d+)", str(e))
+        raise SystemExit(f"[{label}] ONNX export failed: {type(e).__name__}: {str(e).splitlines()[0][:160]}"
+                         + (f" (at {where[-1]})" if where else ""))
     graph = onnx.load(path)
     onnx.checker.check_model(graph)
     ops = sorted({n.op_type for n in graph.graph.node})
     print(f"[{label}] wrote {path} in {time.perf_counter() - t0:.0f} s; outputs {names}; "
           f"{len(graph.graph.node)} nodes; RoiAlign {'RoiAlign' in ops}, GridSample {'GridSample' in ops}")
-    summary = {"label": label, "path": path, "ops": ops, "rows": [], "ok": True, "model": model}
+    batched_path = os.path.join(out_dir, "model_batched.onnx")
+    max_det = model.roi_heads.box_predictor.test_topk_per_image
+    batched = export_batched_onnx(path, batched_path, max_det)
+    print(f"[{label}] wrote {batched_path}: Loop over the batch, outputs "
+          f"{[o.name for o in batched.graph.output]} padded to {max_det} detections; check_model(full_check) ok")
+    summary = {"label": label, "path": path, "ops": ops, "rows": [], "ok": True, "model": model,
+               "batched_path": batched_path, "max_detections": max_det,
+               "graphs_diff": dict.fromkeys(("unmatched", "box_diff", "score_diff", "mask_prob_diff"), 0.0)}
     if not args.verify:
         return summary
     sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    sess_b = ort.InferenceSession(batched_path, providers=["CPUExecutionProvider"])
     batches = verification_images(cfg, parse_sizes(args.sizes))
     for batch in batches:
         eager = run_eager(model, batch)
-        got = run_onnx(sess, names, batch)
-        for im, e, o in zip(batch, eager, got):
-            r = compare(e, o, tuple(im.shape[1:]), args.score_tol)
-            r.update(batch=len(batch), size=f"{im.shape[1]}x{im.shape[2]}")
-            # Masks: IoU >= --mask-iou, or probabilities within 1e-4 (then pixels flip only where
-            # a probability is within 1e-4 of the 0.5 threshold: near-0.5 masks of a blank image).
-            mask_ok = r.get("mask_iou_min", 1.0) >= args.mask_iou or r.get("mask_prob_diff", 0.0) <= 1e-4
-            bad = (r["unmatched"] or r["box_diff"] > args.box_tol or r["score_diff"] > args.score_tol
-                   or not mask_ok)
-            r["ok"] = not bad
-            summary["ok"] &= r["ok"]
-            summary["rows"].append(r)
-            print(f"[{label}] batch {len(batch)} image {r['size']}: {int(r['detections'])} detections, "
-                  f"box {r['box_diff']:.2e} px, score {r['score_diff']:.2e}, class mismatches "
-                  f"{int(r['class_mismatch'])}, in order {bool(r['in_order'])}, mask prob "
-                  f"{r.get('mask_prob_diff', 0.0):.1e}, mask IoU min {r.get('mask_iou_min', float('nan')):.4f} "
-                  f"-> {'ok' if r['ok'] else 'DIFFERS'}")
+        runs = [("per image", run_onnx(sess, names, batch)), ("batched", run_onnx_batched(sess_b, batch))]
+        for im, a, b in zip(batch, runs[0][1], runs[1][1]):  # the two graphs against each other
+            d = compare(a, b, tuple(im.shape[1:]), args.score_tol)
+            for key in ("unmatched", "box_diff", "score_diff", "mask_prob_diff"):
+                summary["graphs_diff"][key] = max(summary["graphs_diff"][key], d.get(key, 0.0))
+        for graph_kind, got in runs:
+            for im, e, o in zip(batch, eager, got):
+                r = compare(e, o, tuple(im.shape[1:]), args.score_tol)
+                r.update(batch=len(batch), size=f"{im.shape[1]}x{im.shape[2]}", graph=graph_kind)
+                # Masks: IoU >= --mask-iou, or probabilities within 1e-4 (then pixels flip only where
+                # a probability is within 1e-4 of the 0.5 threshold: near-0.5 masks of a blank image).
+                mask_ok = r.get("mask_iou_min", 1.0) >= args.mask_iou or r.get("mask_prob_diff", 0.0) <= 1e-4
+                bad = (r["unmatched"] or r["box_diff"] > args.box_tol or r["score_diff"] > args.score_tol
+                       or not mask_ok)
+                r["ok"] = not bad
+                summary["ok"] &= r["ok"]
+                summary["rows"].append(r)
+                print(f"[{label}] {graph_kind} graph, batch {len(batch)} image {r['size']}: {int(r['detections'])} detections, "
+                      f"box {r['box_diff']:.2e} px, score {r['score_diff']:.2e}, class mismatches "
+                      f"{int(r['class_mismatch'])}, in order {bool(r['in_order'])}, mask prob "
+                      f"{r.get('mask_prob_diff', 0.0):.1e}, mask IoU min {r.get('mask_iou_min', float('nan')):.4f} "
+                      f"-> {'ok' if r['ok'] else 'DIFFERS'}")
     im = batches[0][0]
-    summary["eager_s"] = time_call(lambda: run_eager(model, [im]))
-    summary["onnx_s"] = time_call(lambda: run_onnx(sess, names, [im]))
+    summary["eager_s"] = time_call(lambda: run_eager(model, [im]), args.repeats)
+    summary["onnx_s"] = time_call(lambda: run_onnx(sess, names, [im]), args.repeats)
+    big = max(batches, key=len)  # per image: the largest batch in one batched call vs one call each
+    summary["latency_batch"] = len(big)
+    summary["onnx_calls_s"] = time_call(lambda: run_onnx(sess, names, big), args.repeats) / len(big)
+    summary["onnx_batched_s"] = time_call(lambda: run_onnx_batched(sess_b, big), args.repeats) / len(big)
+    print(f"[{label}] onnxruntime s/image, batch of {len(big)}: one call per image "
+          f"{summary['onnx_calls_s']:.3f}, one batched call {summary['onnx_batched_s']:.3f}")
     # What a batched eager call gives (Detectron2 pads a batch to a common size): for the record.
     batch = max(batches, key=len)
     padded = run_eager(model, batch, batched=True)
@@ -208,6 +243,7 @@ def export_and_verify(cfg, checkpoint, out_dir, args, label, state_dict=None):
         c = summary["compile"]
         print(f"[{label}] torch.compile(roi_heads): {c['frames']} frames {c['frames_per_call']}, "
               f"{c['graph_breaks']} graph breaks, max diff {c['max_diff']:.1e}")
+        print(f"[{label}] torch.export(roi_heads): {c['torch_export']['result']} {c['torch_export']['where']}")
     return summary
 
 
@@ -223,35 +259,56 @@ def write_results(path, summaries, args, cfg):
         f"{cfg.MODEL.ROI_MASK_HEAD.POOLER_SAMPLING_RATIO} (0 = adaptive). Export: Detectron2's "
         f"`TracingAdapter` + `torch.onnx.export` (opset {args.opset}, `dynamo=False`) on one "
         f"{args.height}x{args.width} image; dynamic axes: image height and width, number of "
-        "detections. The number of images is fixed at 1: a batch of B runs as B calls.",
+        "detections. That graph takes one image (the trace freezes Detectron2's per-image Python "
+        "loops). `model_batched.onnx` wraps it in an ONNX `Loop` over the batch "
+        "(`roi_plugin/deploy_batch.py`): inputs `images` (B, 3, H, W) padded and `image_sizes` "
+        "(B, 2); outputs padded to K = `TEST.DETECTIONS_PER_IMAGE` = "
+        f"{summaries[0].get('max_detections')} rows plus `num_detections` (B,); dynamic axes: batch, "
+        "height, width, detections up to K.",
         "",
-        "Each row: onnxruntime (CPU) vs the eager model run on the same image alone. Detections are "
+        "Each row: onnxruntime (CPU), the single-image graph ('per image': one call per image) or "
+        "the batched graph (one call for the whole batch, padded), vs the eager model run on the "
+        "same image alone. Detections are "
         "paired (same class, score within the tolerance, nearest box; 'in order' says whether the "
         "pairing is the identity); boxes and scores as max |difference| (tolerances "
         f"{args.box_tol:g} px, {args.score_tol:g}); masks as the max |difference| of the ROI mask "
         f"probabilities and the minimum IoU of the pasted masks at 0.5 (>= {args.mask_iou:g}, or "
         "probabilities within 1e-4: then pixels flip only where a probability is within 1e-4 of 0.5).",
         "",
-        "| heads | batch | image | detections | unmatched | in order | max box diff (px) | max score diff | max mask prob diff | min mask IoU | within tolerance |",
-        "| --- | ---: | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | --- |",
+        "| heads | graph | batch | image | detections | unmatched | in order | max box diff (px) | max score diff | max mask prob diff | min mask IoU | within tolerance |",
+        "| --- | --- | ---: | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | --- |",
     ]
     for s in summaries:
         for r in s["rows"]:
             lines.append(
-                f"| {s['label']} | {r['batch']} | {r['size']} | {int(r['detections'])}"
+                f"| {s['label']} | {r['graph']} | {r['batch']} | {r['size']} | {int(r['detections'])}"
                 f" | {int(r['unmatched'])} | {'yes' if r['in_order'] else 'no'} | {r['box_diff']:.1e} | "
                 f"{r['score_diff']:.1e} | {r.get('mask_prob_diff', 0.0):.1e} | {r.get('mask_iou_min', float('nan')):.4f} | "
                 f"{'yes' if r['ok'] else 'NO'} |"
             )
-    lines += ["", "| heads | graph ops | RoiAlign | GridSample | eager s/image | onnxruntime s/image |",
-              "| --- | ---: | --- | --- | ---: | ---: |"]
+    nb = summaries[0]["latency_batch"]
+    lines += ["", "| heads | graph ops | RoiAlign | GridSample | eager s/image | onnxruntime s/image | "
+              f"batch of {nb}: onnxruntime s/image, {nb} single-image calls | one batched call |",
+              "| --- | ---: | --- | --- | ---: | ---: | ---: | ---: |"]
     for s in summaries:
         lines.append(f"| {s['label']} | {len(s['ops'])} kinds | {'RoiAlign' in s['ops']} | "
-                     f"{'GridSample' in s['ops']} | {s['eager_s']:.3f} | {s['onnx_s']:.3f} |")
+                     f"{'GridSample' in s['ops']} | {s['eager_s']:.3f} | {s['onnx_s']:.3f} | "
+                     f"{s['onnx_calls_s']:.3f} | {s['onnx_batched_s']:.3f} |")
     hw = parse_sizes(args.sizes)[0][0]
-    lines += ["", f"Latency: median of 3 calls after a warm-up, one {hw[0]}x{hw[1]} image, CPU, {torch.get_num_threads()} torch threads, "
+    big = max(parse_sizes(args.sizes), key=len)
+    lines += ["", f"Latency: median of {args.repeats} calls after a warm-up, one {hw[0]}x{hw[1]} image (eager, onnxruntime), "
+              f"and the batch {', '.join(f'{h}x{w}' for h, w in big)} (per image: {nb} calls of the single-image "
+              f"graph, or one call of the batched graph on the batch padded to a common size, divided by {nb}); "
+              f"CPU, {torch.get_num_threads()} torch threads, "
               "onnxruntime defaults, on a shared machine (indicative only).", "",
-              "Eager batch vs eager image alone (Detectron2 pads a batch to a common size, which moves "
+              "Batched graph vs single-image graph, same images (onnxruntime optimises a `Loop` body "
+              "apart from a main graph, so float rounding may differ; with "
+              "`GraphOptimizationLevel.ORT_DISABLE_ALL` both give the same bits on the test model):"]
+    for s in summaries:
+        d = s["graphs_diff"]
+        lines.append(f"- {s['label']}: {int(d['unmatched'])} unmatched, max box diff {d['box_diff']:.1e} px, "
+                     f"max score diff {d['score_diff']:.1e}, max mask prob diff {d['mask_prob_diff']:.1e}")
+    lines += ["", "Eager batch vs eager image alone (Detectron2 pads a batch to a common size, which moves "
               "border features): why the single-image graph is compared with single-image eager runs."]
     for s in summaries:
         for r in s["batched_vs_alone"]:
@@ -277,6 +334,13 @@ def write_results(path, summaries, args, cfg):
             for k, v in (s.get("compile") or {}).get("break_reasons", {}).items():
                 reasons[k.splitlines()[0][:140]] = reasons.get(k.splitlines()[0][:140], 0) + v
         lines += ["", "Graph-break reasons (both rows):"] + [f"- {v}x {k}" for k, v in sorted(reasons.items(), key=lambda kv: -kv[1])]
+        lines += ["", "`torch.export.export(ROIHeadsTensors(model.roi_heads), strict=False)` (features, "
+                  "proposal boxes and image in, boxes/scores/classes/masks out; proposals dynamic) on the "
+                  "first verification image:", ""]
+        for s in summaries:
+            if s.get("compile"):
+                e = s["compile"]["torch_export"]
+                lines.append(f"- {s['label']}: {e['result']}" + (f" at `{e['where']}`" if e["where"] else ""))
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
     print(f"wrote {path}")
