@@ -83,7 +83,7 @@ def upright_gather_plan(
             dense.append((level, row0, bsz, h, w))
             first_row[level] = row0
             row0 += bsz * h * w
-    lv = torch.tensor([[first_row[k], h, w, bsz] for k, (bsz, h, w) in enumerate(sizes)], device=device)[level_of]
+    lv = torch.tensor([[first_row[k], h, w] for k, (_, h, w) in enumerate(sizes)], device=device)[level_of]
     scale = torch.tensor(scales, dtype=boxes.dtype, device=device)[level_of]
     start_x, start_y, width, height = level_boxes(boxes, scale, aligned)
     if sampling_ratio > 0:
@@ -128,7 +128,8 @@ def gather_plan(
     sizes: List[Tuple[int, int, int]], levels: List[LevelSamples], output_size: Tuple[int, int],
     compute_dtype: torch.dtype, device: torch.device,
 ) -> GatherPlan:
-    """The bags of all sample groups, moved to output order.
+    """The bags of all sample groups, moved to output order: the dense groups of rotated
+    boxes (upright boxes take :func:`upright_gather_plan`, without groups).
 
     Args:
         sizes: (B, H, W) of every level of the pooler.
