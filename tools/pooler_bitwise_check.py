@@ -1,0 +1,108 @@
+#!/usr/bin/env python
+# Copyright (c) roi_plugin authors. Licensed under the Apache License 2.0.
+"""Bit-for-bit comparison of the pooler (gather sampler) between two versions of the code.
+
+A refactor or a speed-up of the pooler should leave every output and feature gradient
+unchanged to the bit. Save them with one checkout, compare with another::
+
+    git worktree add /tmp/base <commit>
+    PYTHONPATH=/tmp/base python tools/pooler_bitwise_check.py save /tmp/base.pt
+    python tools/pooler_bitwise_check.py compare /tmp/base.pt     # exit 1 on any difference
+
+62 cases: sampling ratios 0-3, ROIAlign and ROIAlignV2, outputs 7, 14 and (7, 5), four-level
+and single-level poolers, float64, half and bfloat16 maps, boxes crossing and spilling over the
+border, tiny and zero-size boxes, a few and 600 ROIs. Boxes of ~1e6 px are left out: up to
+3d9ac33 such a box switched its whole grid-size group to float64 coordinates, so other ROIs of
+the group differed from torchvision by rounding (and one legacy border box by 0.6).
+"""
+import argparse
+import math
+import sys
+
+import torch
+
+from roi_plugin import ROIAlignPooler
+
+SCALES = (1 / 4, 1 / 8, 1 / 16, 1 / 32)
+BORDER = [  # on the image's border, zero-size, outside, tiny
+    torch.tensor([[0.0, 0.0, 0.0, 0.0], [5.0, 5.0, 5.0, 5.0], [10.0, 10.0, 10.0, 40.0], [-1e4, -1e4, 1e4, 1e4],
+                  [0.0, 0.0, 320.0, 256.0], [318.0, 250.0, 320.0, 256.0], [-50.0, -50.0, -10.0, -10.0]]),
+    torch.tensor([[1.0, 2.0, 3.0, 4.0], [100.5, 20.25, 300.75, 200.125]]),
+]
+
+
+def features(batch, height, width, channels, dtype, scales):
+    g = torch.Generator().manual_seed(0)
+    return [torch.randn(batch, channels, math.ceil(height * s), math.ceil(width * s), generator=g).to(dtype)
+            for s in scales]
+
+
+def boxes(batch, n, height, width, lo, hi, spill):
+    """n boxes per image, sides log-uniform in [lo, hi], centres spilling ``spill`` beyond the image."""
+    g = torch.Generator().manual_seed(1)
+    out = []
+    for _ in range(batch):
+        side = torch.exp(torch.empty(n, 2).uniform_(math.log(lo), math.log(hi), generator=g))
+        cx = torch.rand(n, generator=g) * width * (1 + 2 * spill) - spill * width
+        cy = torch.rand(n, generator=g) * height * (1 + 2 * spill) - spill * height
+        out.append(torch.stack([cx - side[:, 0] / 2, cy - side[:, 1] / 2, cx + side[:, 0] / 2, cy + side[:, 1] / 2], 1))
+    return out
+
+
+def cases():
+    """(name, ratio, pooler type, output, batch, H, W, channels, dtype, ROIs, spill, lo, hi, border boxes)."""
+    for ratio in (0, 1, 2, 3):
+        for ptype in ("ROIAlignV2", "ROIAlign"):
+            for out in (7, 14, (7, 5)):
+                yield (f"r{ratio}-{ptype}-{out}", ratio, ptype, out, 2, 256, 320, 16, torch.float32, 60, 0.0, 2, 900, True)
+    yield ("f64", 0, "ROIAlignV2", 7, 2, 128, 160, 4, torch.float64, 30, 0.2, 1, 600, False)
+    yield ("half", 0, "ROIAlignV2", 7, 2, 128, 160, 8, torch.float16, 30, 0.2, 1, 600, False)
+    yield ("bf16", 2, "ROIAlignV2", 14, 2, 128, 160, 8, torch.bfloat16, 30, 0.2, 1, 600, False)
+    yield ("spill", 0, "ROIAlignV2", 7, 3, 200, 240, 8, torch.float32, 80, 0.5, 1, 1500, False)
+    yield ("tiny", 0, "ROIAlignV2", 7, 1, 64, 64, 8, torch.float32, 40, 0.1, 0.01, 5, False)
+    yield ("few", 0, "ROIAlignV2", 14, 2, 256, 320, 8, torch.float32, 2, 0.0, 20, 100, False)
+    yield ("many", 0, "ROIAlignV2", 7, 2, 400, 608, 32, torch.float32, 300, 0.0, 16, 800, False)
+
+
+def run_all():
+    """{case: [output, gradient of each level]} over all cases, each with 4 levels and with 1."""
+    results = {}
+    for name, ratio, ptype, out, b, h, w, c, dtype, n, spill, lo, hi, border in cases():
+        for single in (False, True):
+            scales = SCALES[2:3] if single else SCALES
+            x = [f.requires_grad_() for f in features(b, h, w, c, dtype, scales)]
+            bx = boxes(b, n, h, w, lo, hi, spill)
+            if border:
+                bx = [torch.cat([bx[0], BORDER[1]]), torch.cat([bx[1], BORDER[0]])]
+            y = ROIAlignPooler(out, scales, ratio, ptype)(x, bx)
+            y.backward(torch.randn(y.shape, generator=torch.Generator().manual_seed(3)).to(y.dtype))
+            results[name + ("-single" if single else "")] = [y.detach()] + [f.grad for f in x]
+    return results
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("mode", choices=["save", "compare"])
+    p.add_argument("path", help="file of saved results")
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    results = run_all()
+    if args.mode == "save":
+        torch.save(results, args.path)
+        print(f"saved {len(results)} cases to {args.path}")
+        return 0
+    ref = torch.load(args.path)
+    bad = 0
+    for key, tensors in results.items():
+        for i, (a, r) in enumerate(zip(tensors, ref[key])):
+            if (a is None) != (r is None) or (a is not None and not torch.equal(a, r)):
+                bad += 1
+                diff = None if a is None or r is None else (a.double() - r.double()).abs().max().item()
+                print(f"DIFFERS: {key} {'output' if i == 0 else f'gradient of level {i - 1}'}: max |diff| {diff}")
+    print(f"compared {len(results)} cases: {'all bit-identical' if not bad else f'{bad} tensors differ'}")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
