@@ -448,7 +448,7 @@ conditions.
   group (a few hundred small tensor ops per group and level: index arithmetic, `nonzero`,
   `cat`), ~25,000 op calls for one training step at sampling ratio 0 and ~24,000 for the
   inference call, most of them large enough to run as 2-thread OpenMP regions. On an idle
-  machine that cost ~10 %; with one core taken by another process each region waits for the
+  machine the second thread paid (0.55-0.86x the 1-thread time); with one core taken by another process each region waits for the
   thread that shares that core, and the same calls took 1.2-1.7x their 1-thread time and 1.4-2.4x their idle 2-thread time, while
   torchvision's single-threaded `roi_align` behind `ROIPooler` did not care.
 - **Now**: (1) `layers/axis_taps.py` lists the taps of all ROIs of a call along each axis as

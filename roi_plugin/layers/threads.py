@@ -7,8 +7,9 @@ With 2 or more intra-op threads each op large enough is one OpenMP parallel regi
 end waits for every thread of the team. On an idle machine that costs little; when another
 process holds a core (data-loader workers, an evaluator, another job), the thread that
 shares its core is descheduled for a scheduler time slice at a time, and every region
-waits for it: measured on this project's 2-core machines (``tools/benchmark.py``), a
-training call took 10x its 1-thread time, and an inference call 2.9x ``ROIPooler``'s.
+waits for it: on this project's 2-core machines the grouped sampler before this scope
+took 1.2-1.7x its 1-thread time (``results/profile_gather.md``), and an inference call
+was measured at 2.9x ``ROIPooler``'s (issue 13).
 torchvision's CPU ``roi_align`` kernel, behind ``ROIPooler``, is single-threaded and
 does not care. On one thread no op waits for another thread, and the sampler's time is
 the same whether the other cores are idle or busy (see BENCHMARKS.md, one table per
