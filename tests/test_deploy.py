@@ -175,7 +175,12 @@ def test_scripting_with_instances(builtin):
     fields = {"proposal_boxes": Boxes, "objectness_logits": Tensor, "pred_boxes": Boxes,
               "scores": Tensor, "pred_classes": Tensor, "pred_masks": Tensor}
     scripted = scripting_with_instances(model, fields)
-    for im in images([(96, 128), (128, 80)], 4):
+    assert_scripted_equals_eager(model, scripted, images([(96, 128), (128, 80)], 4))
+
+
+def assert_scripted_equals_eager(model, scripted, ims):
+    """The scripted model's detections (boxes, scores, ROI masks) equal eager ones on ``ims``."""
+    for im in ims:
         with torch.no_grad():
             e = model.inference([{"image": im}], do_postprocess=False)[0]
             s = scripted.inference([{"image": im}], do_postprocess=False)[0]
@@ -221,13 +226,7 @@ def test_other_families_script_where_the_builtin_scripts(config, builtin_name, p
             continue
         outcome[name] = True
         if name == plugin_name:
-            for im in images([(128, 160)], 5):
-                with torch.no_grad():
-                    e = model.inference([{"image": im}], do_postprocess=False)[0]
-                    s = scripted.inference([{"image": im}], do_postprocess=False)[0]
-                assert len(e) == len(s) > 0
-                torch.testing.assert_close(s.pred_boxes.tensor, e.pred_boxes.tensor, atol=BOX_TOL, rtol=0)
-                torch.testing.assert_close(s.scores, e.scores, atol=SCORE_TOL, rtol=0)
+            assert_scripted_equals_eager(model, scripted, images([(128, 160)], 5))
     assert outcome[plugin_name] == outcome[builtin_name]
     assert outcome[builtin_name] == (builtin_name == "Res5ROIHeads")
 
