@@ -20,7 +20,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from .gather_plan import GatherPlan, gather_plan, upright_gather_plan
+from .gather_plan import gather_plan, upright_gather_plan
 from .geometry import LevelSamples
 from .threads import single_threaded
 
@@ -95,7 +95,7 @@ class _GatherROIAlign(torch.autograd.Function):
         ph, pw = out_hw
         channels = features[0].shape[1]
         out = features[0].new_empty((num_rois, channels, ph, pw))
-        itemsize = torch.empty((), dtype=compute_dtype).element_size()
+        itemsize = compute_dtype.itemsize
         blocks = _roi_blocks(plan, num_rois, ph * pw)
         width = _chunk_width(plan, num_rois, blocks[0][1], ph * pw, channels, itemsize)
         # First tap of each block's first bag (one read of the offsets).
@@ -148,7 +148,7 @@ class _GatherROIAlign(torch.autograd.Function):
             grads[level] = (torch.zeros if compact else torch.empty)(
                 (b, channels, h, w), dtype=ctx.dtype, device=device
             )
-        itemsize = torch.empty((), dtype=ctx.compute_dtype).element_size()
+        itemsize = ctx.compute_dtype.itemsize
         width = _grad_chunk_width(plan, num_rois, ph * pw, channels, itemsize)
         for c0, c1 in _channel_chunks(channels, width):
             g = grad_out[:, c0:c1].permute(0, 2, 3, 1).to(ctx.compute_dtype).reshape(-1, c1 - c0)
