@@ -6,26 +6,33 @@ Importing this package registers ``PluginROIHeads``, ``GridSampleROIHeads``,
 ``ROI_HEADS_REGISTRY`` and ``TwoMLPHead`` in ``ROI_BOX_HEAD_REGISTRY``. It also defines the
 operators ``detectron2::box_iou_rotated`` / ``detectron2::nms_rotated`` in pure PyTorch where
 Detectron2 has no compiled ``_C`` (see ``roi_plugin/layers/rotated_ops.py``).
+
+Layout: ``layers/`` the ROIAlign operators, ``modeling/`` the modules put in models (pooler,
+heads, predictors, conversion), ``export/`` deployment, ``engine/`` training and demo glue,
+``data/`` datasets; see docs/ARCHITECTURE.md.
 """
 from .config import add_roi_plugin_config, roi_plugin_cfg
-from .layers import SAMPLERS, GridSampleROIPooler, ROIAlignPooler, assign_boxes_to_levels
-from .predictor import FastRCNNPredictor
-from . import box_head as _  # registration
-from . import roi_heads as _  # registration  # noqa: F811
-from .box_head import TwoMLPHead
-from .roi_heads import (
-    PLUGIN_HEADS,
-    GridSampleROIHeads,
-    PluginCascadeROIHeads,
-    PluginRes5ROIHeads,
-    PluginROIHeads,
-    build_plugin_pooler,
-)
-from .convert import pooler_from_roi_pooler, predictor_from_output_layers
+from .layers import assign_boxes_to_levels
 from .layers.rotated_ops import register_rotated_ops
 
 register_rotated_ops()  # no-op where detectron2's compiled _C provides the operators
-from .rotated_heads import PluginRROIHeads, RotatedFastRCNNPredictor  # registration
+from .modeling import (  # noqa: E402  (importing it registers the heads and the box head)
+    PLUGIN_HEADS,
+    SAMPLERS,
+    FastRCNNPredictor,
+    GridSampleROIHeads,
+    GridSampleROIPooler,
+    PluginCascadeROIHeads,
+    PluginRes5ROIHeads,
+    PluginROIHeads,
+    PluginRROIHeads,
+    ROIAlignPooler,
+    RotatedFastRCNNPredictor,
+    TwoMLPHead,
+    build_plugin_pooler,
+    pooler_from_roi_pooler,
+    predictor_from_output_layers,
+)
 
 __version__ = "0.1.0"
 

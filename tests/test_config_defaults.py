@@ -75,7 +75,7 @@ def test_gn_config_keeps_its_box_head_and_two_mlp_head_refuses_it():
     ("cascade_mask_rcnn_R_50_FPN_1x_plugin.yaml", "PluginCascadeROIHeads"),
 ])
 def test_shipped_family_configs_build_with_the_plugin_only(name, heads):
-    from roi_plugin.model_zoo import leftover_builtin_modules
+    from checking import leftover_builtin_modules
     cfg = get_cfg()
     add_roi_plugin_config(cfg)
     cfg.merge_from_file(os.path.join(REPO, "configs", name))

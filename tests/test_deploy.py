@@ -15,9 +15,10 @@ from detectron2.modeling import build_model
 from detectron2.structures import Boxes
 
 from roi_plugin import ROIAlignPooler, TwoMLPHead
-from roi_plugin.deploy import compare, compile_counts, export_model_onnx, run_eager, run_onnx
-from roi_plugin.deploy_batch import export_batched_onnx, pad_batch, run_onnx_batched
-from roi_plugin.export import ExportableBoxBranch, boxes_to_rois
+from roi_plugin.export.onnx_model import compare, export_model_onnx, run_eager, run_onnx
+from timing import compile_counts
+from roi_plugin.export.onnx_batch import export_batched_onnx, pad_batch, run_onnx_batched
+from roi_plugin.export.branches import ExportableBoxBranch, boxes_to_rois
 from test_export import SCALES, pyramid, random_boxes
 from tiny_model import tiny_cfg
 
@@ -304,7 +305,7 @@ def test_torch_export_roi_heads():
 
     from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode
 
-    from roi_plugin.export import ExportableMaskBranch, ROIHeadsTensors
+    from roi_plugin.export.branches import ExportableMaskBranch, ROIHeadsTensors
 
     model = tiny_model()
     heads = model.roi_heads
@@ -347,7 +348,7 @@ def test_keypoint_rcnn_trace_and_onnx(builtin, tmp_path):
     not in the plugin's modules. So there is no keypoint ONNX graph, single or batched."""
     from torch.onnx.errors import SymbolicValueError
 
-    from roi_plugin.deploy import trace_adapter
+    from roi_plugin.export.onnx_model import trace_adapter
 
     extra = ["MODEL.ROI_HEADS.NAME", "StandardROIHeads", "MODEL.ROI_BOX_HEAD.NAME", "FastRCNNConvFCHead"] if builtin else []
     cfg = tiny_cfg("gather", "MODEL.RPN.POST_NMS_TOPK_TEST", "30", "MODEL.MASK_ON", "False", "MODEL.KEYPOINT_ON", "True",

@@ -18,7 +18,7 @@ from detectron2.modeling.poolers import ROIPooler
 from detectron2.structures import Boxes
 
 from roi_plugin import ROIAlignPooler
-from roi_plugin.export import ExportableBoxBranch, ExportablePooler, boxes_to_rois, export_onnx
+from roi_plugin.export.branches import ExportableBoxBranch, ExportablePooler, boxes_to_rois, export_onnx
 from tiny_model import tiny_cfg
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -18,7 +18,7 @@ from roi_plugin import (
     FastRCNNPredictor, GridSampleROIHeads, PluginCascadeROIHeads, PluginRes5ROIHeads, PluginROIHeads,
     ROIAlignPooler,
 )
-from roi_plugin.model_zoo import compare_outputs, leftover_builtin_modules
+from checking import compare_outputs, leftover_builtin_modules
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -173,7 +173,7 @@ def test_new_baselines_plugin_config_matches_detectron2():
 
 def test_shapes_lazy_config_trains_two_iterations_and_evaluates(tmp_path):
     from roi_plugin.data.shapes import SHAPES_CLASSES
-    from roi_plugin.lazy_train import do_train
+    from roi_plugin.engine.lazy_train import do_train
     import detectron2.data.transforms as T
     from detectron2.config import LazyCall as L
     name = "shapes_val_lazy_test"

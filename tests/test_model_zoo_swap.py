@@ -4,7 +4,7 @@ FastRCNNOutputLayers) left, loads the built-in model's weights strictly and give
 trains 2 iterations with finite losses, infers. Backbones narrowed (``tiny``) for CPU."""
 import pytest
 
-from roi_plugin.model_zoo import check_config
+from checking import check_config
 
 FAMILIES = {
     "fpn": "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml",

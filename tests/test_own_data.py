@@ -20,7 +20,7 @@ from detectron2.data.detection_utils import read_image
 from detectron2.engine import DefaultPredictor
 
 from roi_plugin.data import ensure_shapes_split
-from roi_plugin.engine import load_cfg
+from roi_plugin.engine.train import load_cfg
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "shapes" / "mask_rcnn_plugin.yaml"

@@ -17,7 +17,7 @@ from detectron2.utils.events import EventStorage
 from torchvision.ops import roi_align
 
 from roi_plugin import SAMPLERS, ROIAlignPooler
-from roi_plugin.export import boxes_to_rois
+from roi_plugin.export.branches import boxes_to_rois
 from tiny_model import tiny_cfg
 
 SCALES = (1 / 4, 1 / 8, 1 / 16, 1 / 32)

@@ -13,7 +13,7 @@ from detectron2.structures import Boxes
 from torchvision.ops import roi_align
 
 from roi_plugin import SAMPLERS, ROIAlignPooler
-from roi_plugin.export import boxes_to_rois
+from roi_plugin.export.branches import boxes_to_rois
 
 SCALES = (1 / 4, 1 / 8, 1 / 16, 1 / 32)
 TOL = 1e-4

@@ -24,8 +24,8 @@ from detectron2.utils.logger import setup_logger  # noqa: E402
 
 import roi_plugin.data  # noqa: E402,F401  registers shapes_train / shapes_val (class names)
 from roi_plugin.data.coco import SPEC_FORMAT  # noqa: E402
-from roi_plugin.demo import collect_images, run_demo  # noqa: E402
-from roi_plugin.engine import UserError, check_cfg, check_weights, load_cfg, register_datasets  # noqa: E402
+from roi_plugin.engine.demo import collect_images, run_demo  # noqa: E402
+from roi_plugin.engine.train import UserError, check_cfg, check_weights, load_cfg, register_datasets  # noqa: E402
 
 
 def get_parser():

@@ -14,9 +14,9 @@ Detectron2's ``tools/deploy/export_model.py --export-method tracing --format onn
 outputs ``pred_boxes`` (N, 4), ``pred_classes`` (N,), ``pred_masks`` (N, 1, M, M) ROI mask
 probabilities (Mask R-CNN), ``scores`` (N,), ``image_size`` (2,), N dynamic. The plugin's
 poolers take their deployment path inside the trace (ONNX ``RoiAlign`` per level, exact under
-adaptive sampling). That graph takes one image (see ``roi_plugin/deploy.py`` for why); it also
+adaptive sampling). That graph takes one image (see ``roi_plugin/export/onnx_model.py`` for why); it also
 writes ``model_batched.onnx``, the same graph as the body of an ONNX ``Loop`` over the batch
-(``roi_plugin/deploy_batch.py``): inputs ``images`` (B, 3, H, W) float, the images padded to a
+(``roi_plugin/export/onnx_batch.py``): inputs ``images`` (B, 3, H, W) float, the images padded to a
 common size, and ``image_sizes`` (B, 2) int64; outputs ``pred_boxes`` (B, K, 4), ``pred_classes``
 (B, K), ``pred_masks`` (B, K, 1, M, M), ``scores`` (B, K) with K = ``TEST.DETECTIONS_PER_IMAGE``,
 and ``num_detections`` (B,): image i's detections are its first ``num_detections[i]`` rows.
@@ -46,8 +46,9 @@ from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
 from roi_plugin import add_roi_plugin_config
-from roi_plugin.deploy import compare, export_model_onnx, run_eager, run_onnx, time_call
-from roi_plugin.deploy_batch import export_batched_onnx, run_onnx_batched
+from roi_plugin.export.onnx_batch import export_batched_onnx, run_onnx_batched
+from roi_plugin.export.onnx_model import compare, export_model_onnx, run_eager, run_onnx
+from timing import time_call
 
 # (height, width) of the verification batches: none is the export's size.
 VERIFY_BATCHES = [[(224, 288)], [(256, 320), (192, 256)], [(288, 224), (160, 352), (256, 256)]]
@@ -135,7 +136,8 @@ def verification_images(cfg, batches_hw=VERIFY_BATCHES, seed=0):
 def compile_check(model, batches):
     """torch.compile of ``model.roi_heads`` on each verification image: Dynamo's frames, graph
     breaks (with reasons) and the max difference from eager."""
-    from roi_plugin.deploy import compile_counts, torch_export_roi_heads
+    from checking import torch_export_roi_heads
+    from timing import compile_counts
 
     class RoiHeadsOnly(torch.nn.Module):  # compile only the heads, eager backbone + RPN outside
         def __init__(self, m):
@@ -261,7 +263,7 @@ def write_results(path, summaries, args, cfg):
         f"{args.height}x{args.width} image; dynamic axes: image height and width, number of "
         "detections. That graph takes one image (the trace freezes Detectron2's per-image Python "
         "loops). `model_batched.onnx` wraps it in an ONNX `Loop` over the batch "
-        "(`roi_plugin/deploy_batch.py`): inputs `images` (B, 3, H, W) padded and `image_sizes` "
+        "(`roi_plugin/export/onnx_batch.py`): inputs `images` (B, 3, H, W) padded and `image_sizes` "
         "(B, 2); outputs padded to K = `TEST.DETECTIONS_PER_IMAGE` = "
         f"{summaries[0].get('max_detections')} rows plus `num_detections` (B,); dynamic axes: batch, "
         "height, width, detections up to K.",

@@ -29,8 +29,8 @@ from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
 from roi_plugin import ROIAlignPooler, add_roi_plugin_config
-from roi_plugin.export import EXPORT_METHODS, ExportableBoxBranch, ExportablePooler, boxes_to_rois, export_onnx
-from roi_plugin.pooler import EXPORT_MAX_GRID
+from roi_plugin.export.branches import EXPORT_METHODS, ExportableBoxBranch, ExportablePooler, boxes_to_rois, export_onnx
+from roi_plugin.layers import EXPORT_MAX_GRID
 
 
 def get_parser() -> argparse.ArgumentParser:

@@ -4,7 +4,7 @@
     python tools/lazyconfig_train_net.py --config-file configs/lazy/shapes_mask_rcnn_plugin.py \
         [--eval-only] [--resume] [--num-gpus N] [train.max_iter=100 ...]
 
-Thin over roi_plugin.lazy_train (Detectron2's lazyconfig_train_net loop).
+Thin over roi_plugin.engine.lazy_train (Detectron2's lazyconfig_train_net loop).
 """
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import LazyConfig, instantiate
@@ -12,7 +12,7 @@ from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.engine.defaults import create_ddp_model
 
 import roi_plugin  # noqa: F401  (registers the heads)
-from roi_plugin.lazy_train import do_test, do_train
+from roi_plugin.engine.lazy_train import do_test, do_train
 
 
 def main(args):

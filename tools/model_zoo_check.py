@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Sweep Detectron2's model-zoo YAML configs with the plugin's swap and write results/model_zoo.md.
 
-For each config (see roi_plugin/model_zoo.py for the checks): family, plugin class, and for each
+For each config (see tools/checking.py for the checks): family, plugin class, and for each
 sampler build / parity with the built-in heads (built-in weights) / 2 training iterations /
 inference, plus seconds. Configs without ROI heads or needing compiled ops are listed as skipped
 with the reason. Rows go to a JSON-lines file as they finish, so an interrupted sweep resumes.
@@ -17,7 +17,7 @@ import sys
 import time
 
 import roi_plugin  # noqa: F401  (registers the heads)
-from roi_plugin.model_zoo import check_config, row_ok, zoo_configs
+from checking import check_config, row_ok, zoo_configs
 from roi_plugin import SAMPLERS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

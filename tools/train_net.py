@@ -12,7 +12,7 @@
 
 Importing ``roi_plugin`` registers the heads; importing ``roi_plugin.data`` registers the
 built-in ``shapes_train`` / ``shapes_val`` datasets (generated on first use). The trainer, the
-config checks and ``--dataset`` live in :mod:`roi_plugin.engine`.
+config checks and ``--dataset`` live in :mod:`roi_plugin.engine.train`.
 """
 import json
 import logging
@@ -34,7 +34,7 @@ from detectron2.evaluation import verify_results  # noqa: E402
 
 import roi_plugin.data  # noqa: E402,F401  registers shapes_train / shapes_val
 from roi_plugin.data.coco import SPEC_FORMAT  # noqa: E402
-from roi_plugin.engine import Trainer, UserError, build_cfg, results_summary, setup  # noqa: E402,F401
+from roi_plugin.engine.train import Trainer, UserError, build_cfg, results_summary, setup  # noqa: E402,F401
 
 logger = logging.getLogger("detectron2")
 

@@ -34,7 +34,7 @@ from detectron2.utils.visualizer import Visualizer  # noqa: E402
 
 import roi_plugin  # noqa: E402
 import roi_plugin.data  # noqa: E402,F401  registers shapes_train / shapes_val
-from roi_plugin.demo import draw_instances  # noqa: E402
+from roi_plugin.engine.demo import draw_instances  # noqa: E402
 
 LOSS_KEYS = ("total_loss", "loss_cls", "loss_box_reg", "loss_mask", "loss_rpn_cls", "loss_rpn_loc")
 

@@ -14,7 +14,7 @@ from detectron2.layers import ROIAlign, ROIAlignRotated, ShapeSpec
 from detectron2.modeling.poolers import ROIPooler
 from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
 
-from .layers import ROIAlignPooler
+from .poolers import ROIAlignPooler
 from .predictor import FastRCNNPredictor
 
 __all__ = ["pooler_from_roi_pooler", "predictor_from_output_layers", "to_plugin_pooler", "to_plugin_predictor"]

@@ -1,6 +1,6 @@
 # Copyright (c) roi_plugin authors. Licensed under the Apache License 2.0.
 """A dynamic-batch ONNX graph of a whole Detectron2 R-CNN: the single-image graph of
-:func:`roi_plugin.deploy.export_model_onnx` as the body of an ONNX ``Loop`` over the images.
+:func:`roi_plugin.export.onnx_model.export_model_onnx` as the body of an ONNX ``Loop`` over the images.
 
 Why a ``Loop`` and not a trace at batch B: Detectron2's RPN and ROI post-processing (top-k per
 level, NMS, score threshold, ``detections_per_image``) loop over the images in Python and keep
@@ -66,7 +66,7 @@ def _rename_graph(graph: onnx.GraphProto, rename) -> None:
 def batch_onnx_model(single: onnx.ModelProto, max_detections: int, image_input: str = "image",
                      drop_outputs: Sequence[str] = ("image_size",)) -> onnx.ModelProto:
     """The dynamic-batch model around ``single`` (the graph of
-    :func:`roi_plugin.deploy.export_model_onnx`: input ``image`` (3, H, W), outputs with the
+    :func:`roi_plugin.export.onnx_model.export_model_onnx`: input ``image`` (3, H, W), outputs with the
     detections on their first axis, plus ``image_size``): see the module docstring.
     ``max_detections`` is K, the detector's ``test_topk_per_image``."""
     single = onnx.ModelProto.FromString(single.SerializeToString())  # work on a copy
@@ -145,7 +145,7 @@ def batch_onnx_model(single: onnx.ModelProto, max_detections: int, image_input: 
         outer_outputs,
         initializer=initializers + outer_consts,
     )
-    model = helper.make_model(graph, opset_imports=list(single.opset_import), producer_name="roi_plugin.deploy_batch")
+    model = helper.make_model(graph, opset_imports=list(single.opset_import), producer_name="roi_plugin.export.onnx_batch")
     model.ir_version = single.ir_version
     return model
 

@@ -22,6 +22,7 @@ import time
 from typing import Dict, List, Optional
 
 import torch
+from torch import nn
 
 from detectron2 import model_zoo
 from detectron2.config import get_cfg
@@ -31,9 +32,7 @@ from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
 from detectron2.utils.events import EventStorage
 from detectron2.structures import BitMasks, Boxes, Instances, Keypoints
 
-from .config import add_roi_plugin_config
-from .layers import SAMPLERS, ROIAlignPooler
-from .roi_heads import PLUGIN_HEADS
+from roi_plugin import PLUGIN_HEADS, SAMPLERS, ROIAlignPooler, add_roi_plugin_config
 
 __all__ = ["zoo_configs", "load_zoo_cfg", "skip_reason", "plugin_swap", "random_batch", "check_config"]
 
@@ -285,3 +284,31 @@ def row_ok(row: Dict, samplers=SAMPLERS) -> bool:
     return "skipped" not in row and all(
         row[s].get(k) == "ok" for s in samplers for k in ("build", "train", "infer", "parity")
     )
+
+
+def torch_export_roi_heads(model: nn.Module, image: torch.Tensor) -> Dict[str, str]:
+    """Try ``torch.export.export`` (non-strict) of ``model.roi_heads`` at inference through
+    :class:`roi_plugin.export.branches.ROIHeadsTensors` on one (3, H, W) image's features and proposals,
+    the number of proposals dynamic. Returns ``result`` ("exported, equals eager: ..." or the
+    error's type and first line) and ``where`` (the last frame in detectron2 / roi_plugin code)."""
+    import traceback
+
+    from roi_plugin.export.branches import ROIHeadsTensors
+
+    with torch.no_grad():
+        images = model.preprocess_image([{"image": image}])
+        features = model.backbone(images.tensor)
+        proposals, _ = model.proposal_generator(images, features, None)
+        wrapper = ROIHeadsTensors(model.roi_heads).eval()
+        args = ([features[k] for k in wrapper.in_features], proposals[0].proposal_boxes.tensor, images.tensor[0])
+        ref = wrapper(*args)
+    dynamic = ([None] * len(args[0]), {0: torch.export.Dim("proposals")}, None)
+    try:
+        program = torch.export.export(wrapper, args, dynamic_shapes=dynamic, strict=False)
+    except Exception as e:  # report what fails and where
+        frames = [f for f in traceback.extract_tb(e.__traceback__) if "detectron2" in f.filename or "roi_plugin" in f.filename]
+        where = f"{frames[-1].filename.split('site-packages/')[-1]}:{frames[-1].lineno}: {frames[-1].line}" if frames else ""
+        return {"result": f"{type(e).__name__}: {str(e).splitlines()[0][:160]}", "where": where}
+    got = program.module()(*args)
+    diff = max(float((a.float() - b.float()).abs().max()) for a, b in zip(got, ref) if b.numel())
+    return {"result": f"exported, max diff vs eager {diff:.1e}", "where": ""}

@@ -5,7 +5,7 @@
 ``ROIPooler(pooler_type="ROIAlignRotated")`` in ``_init_box_head``, whose kernel exists only in
 Detectron2's compiled ``_C``. :class:`PluginRROIHeads` overrides that hook only: the box pooler
 becomes roi_plugin's pure-PyTorch pooler in ``ROIAlignRotated`` mode (same sampler choice as
-:class:`~roi_plugin.roi_heads.PluginROIHeads`, ``MODEL.ROI_PLUGIN.SAMPLER``) and the predictor
+:class:`~roi_plugin.modeling.roi_heads.PluginROIHeads`, ``MODEL.ROI_PLUGIN.SAMPLER``) and the predictor
 becomes :class:`RotatedFastRCNNPredictor`. Proposal matching, sampling, losses and rotated
 inference stay Detectron2's; the rotated IoU and NMS they call come from
 ``roi_plugin/layers/rotated_ops.py`` where ``_C`` is missing.
@@ -13,7 +13,7 @@ inference stay Detectron2's; the rotated IoU and NMS they call come from
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY
 from detectron2.modeling.roi_heads.rotated_fast_rcnn import RotatedFastRCNNOutputLayers, RROIHeads
 
-from .config import roi_plugin_cfg
+from ..config import roi_plugin_cfg
 from .predictor import FastRCNNPredictor
 from .roi_heads import build_plugin_pooler
 

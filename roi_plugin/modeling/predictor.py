@@ -4,7 +4,7 @@ from torch import nn
 from detectron2.config import configurable
 from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
 
-from .config import roi_plugin_cfg
+from ..config import roi_plugin_cfg
 
 __all__ = ["FastRCNNPredictor"]
 

@@ -2,7 +2,7 @@
 """Multi-level ROIAlign in pure PyTorch, a drop-in for Detectron2's ``ROIPooler``.
 
 The module validates its input, routes each box to a level (:mod:`.levels`), lays out its
-sample points (:mod:`.geometry`) and hands them to one of two exact samplers that sum
+sample points (:mod:`..layers.geometry`) and hands them to one of two exact samplers that sum
 them into bins: ``"gather"`` (:mod:`.gather`, ``embedding_bag`` over bilinear taps; the
 default, fastest on CPU) or ``"grid_sample"`` (:mod:`.grid_sample`). While traced or
 exported it takes the static path (:mod:`.static`). Both samplers reproduce
@@ -18,12 +18,12 @@ from torch import nn
 
 from detectron2.structures import Boxes
 
-from .gather import gather_roi_align, gather_roi_align_boxes
-from .geometry import sample_groups
-from .grid_sample import grid_sample_roi_align
-from .levels import assign_boxes_to_levels, pyramid_levels
-from .rotated_geometry import rotated_sample_groups
-from .static import EXPORT_MAX_GRID, grid_sample_static, is_exporting, roi_align_levels
+from ..layers.gather import gather_roi_align, gather_roi_align_boxes
+from ..layers.geometry import sample_groups
+from ..layers.grid_sample import grid_sample_roi_align
+from ..layers.levels import assign_boxes_to_levels, pyramid_levels
+from ..layers.rotated_geometry import rotated_sample_groups
+from ..layers.static import EXPORT_MAX_GRID, grid_sample_static, is_exporting, roi_align_levels
 
 __all__ = ["ROIAlignPooler", "GridSampleROIPooler", "SAMPLERS", "POOLER_TYPES"]
 

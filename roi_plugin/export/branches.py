@@ -19,7 +19,8 @@ from typing import List, Sequence, Tuple
 import torch
 from torch import nn
 
-from .layers import EXPORT_MAX_GRID, ROIAlignPooler
+from ..layers.static import EXPORT_MAX_GRID
+from ..modeling.poolers import ROIAlignPooler
 
 __all__ = ["ExportablePooler", "ExportableBoxBranch", "ExportableMaskBranch", "ROIHeadsTensors",
            "export_onnx", "boxes_to_rois"]

@@ -13,7 +13,7 @@ Height and width of the image and the number of detections are dynamic axes.
 The number of images is not: Detectron2's RPN and ROI post-processing (top-k per level, NMS,
 score threshold) loop over the images in Python, and the adapter takes a list of dicts, so a
 trace is made for a fixed number of images. A batch of B images runs as B calls of the graph
-(:func:`run_onnx`), or as one call of the dynamic-batch model of :mod:`roi_plugin.deploy_batch`
+(:func:`run_onnx`), or as one call of the dynamic-batch model of :mod:`roi_plugin.export.onnx_batch`
 (this graph inside an ONNX ``Loop`` over the images).
 
 Comparison (:func:`compare`): detections are paired one to one (same class, score within the
@@ -21,7 +21,6 @@ tolerance, nearest box: scores that tie to float precision may leave top-k/NMS i
 boxes and scores by max absolute difference, masks by the IoU of the masks pasted into the image
 at threshold 0.5 (Detectron2's own) and by the max difference of the mask probabilities.
 """
-import time
 from typing import Dict, List, Sequence
 
 import numpy as np
@@ -32,8 +31,7 @@ from detectron2.export import TracingAdapter
 from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Boxes, Instances
 
-__all__ = ["trace_adapter", "export_model_onnx", "run_eager", "run_onnx", "compare", "OUTPUT_FIELDS",
-           "torch_export_roi_heads"]
+__all__ = ["trace_adapter", "export_model_onnx", "run_eager", "run_onnx", "compare", "OUTPUT_FIELDS"]
 
 OUTPUT_FIELDS = ("pred_boxes", "scores", "pred_classes", "pred_masks")
 
@@ -155,77 +153,3 @@ def compare(ref: Dict[str, np.ndarray], got: Dict[str, np.ndarray], image_hw, sc
     elif "pred_masks" in ref:
         res["mask_prob_diff"], res["mask_iou_min"] = 0.0, 1.0
     return res
-
-
-def time_call(fn, repeats: int = 3) -> float:
-    """Median wall time of ``fn()`` in seconds over ``repeats`` calls, after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
-
-
-def compile_counts(module: nn.Module, calls: Sequence[tuple], **compile_kwargs) -> Dict[str, object]:
-    """Run ``torch.compile(module)`` on each argument tuple of ``calls``; count what Dynamo did.
-
-    Returns ``frames`` (frames compiled: 1 per graph region, plus 1 per recompile),
-    ``recompiles`` (frames compiled again after the first call), ``graph_breaks`` (total, with
-    reasons) from ``torch._dynamo.utils.counters``, and ``max_diff`` against the eager module.
-    """
-    import torch._dynamo
-    from torch._dynamo.utils import counters
-
-    torch._dynamo.reset()
-    counters.clear()
-    compiled = torch.compile(module, **compile_kwargs)
-    frames_per_call, max_diff = [], 0.0
-    with torch.no_grad():
-        for args in calls:
-            before = counters["stats"]["unique_graphs"]
-            got = compiled(*args)
-            frames_per_call.append(counters["stats"]["unique_graphs"] - before)
-            ref = module(*args)
-            flat_got = got if isinstance(got, (tuple, list)) else (got,)
-            flat_ref = ref if isinstance(ref, (tuple, list)) else (ref,)
-            for a, b in zip(flat_got, flat_ref):
-                if isinstance(a, torch.Tensor) and a.numel():
-                    max_diff = max(max_diff, float((a.float() - b.float()).abs().max()))
-    return {
-        "frames": sum(frames_per_call),
-        "frames_per_call": frames_per_call,
-        "recompiles": sum(frames_per_call[1:]),
-        "graph_breaks": sum(counters["graph_break"].values()),
-        "break_reasons": dict(counters["graph_break"]),
-        "max_diff": max_diff,
-    }
-
-
-def torch_export_roi_heads(model: nn.Module, image: torch.Tensor) -> Dict[str, str]:
-    """Try ``torch.export.export`` (non-strict) of ``model.roi_heads`` at inference through
-    :class:`roi_plugin.export.ROIHeadsTensors` on one (3, H, W) image's features and proposals,
-    the number of proposals dynamic. Returns ``result`` ("exported, equals eager: ..." or the
-    error's type and first line) and ``where`` (the last frame in detectron2 / roi_plugin code)."""
-    import traceback
-
-    from .export import ROIHeadsTensors
-
-    with torch.no_grad():
-        images = model.preprocess_image([{"image": image}])
-        features = model.backbone(images.tensor)
-        proposals, _ = model.proposal_generator(images, features, None)
-        wrapper = ROIHeadsTensors(model.roi_heads).eval()
-        args = ([features[k] for k in wrapper.in_features], proposals[0].proposal_boxes.tensor, images.tensor[0])
-        ref = wrapper(*args)
-    dynamic = ([None] * len(args[0]), {0: torch.export.Dim("proposals")}, None)
-    try:
-        program = torch.export.export(wrapper, args, dynamic_shapes=dynamic, strict=False)
-    except Exception as e:  # report what fails and where
-        frames = [f for f in traceback.extract_tb(e.__traceback__) if "detectron2" in f.filename or "roi_plugin" in f.filename]
-        where = f"{frames[-1].filename.split('site-packages/')[-1]}:{frames[-1].lineno}: {frames[-1].line}" if frames else ""
-        return {"result": f"{type(e).__name__}: {str(e).splitlines()[0][:160]}", "where": where}
-    got = program.module()(*args)
-    diff = max(float((a.float() - b.float()).abs().max()) for a, b in zip(got, ref) if b.numel())
-    return {"result": f"exported, max diff vs eager {diff:.1e}", "where": ""}

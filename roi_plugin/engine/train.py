@@ -24,8 +24,8 @@ from detectron2.modeling import ROI_HEADS_REGISTRY
 from detectron2.modeling.roi_heads import ROI_BOX_HEAD_REGISTRY, ROI_MASK_HEAD_REGISTRY
 from detectron2.utils.logger import setup_logger
 
-from .config import add_roi_plugin_config
-from .data.coco import SPEC_FORMAT, CocoDatasetError, register_coco_dataset, registered_coco_summary
+from ..config import add_roi_plugin_config
+from ..data.coco import SPEC_FORMAT, CocoDatasetError, register_coco_dataset, registered_coco_summary
 
 __all__ = ["UserError", "Trainer", "load_cfg", "register_datasets", "check_cfg", "build_cfg", "setup",
            "results_summary"]

@@ -23,7 +23,7 @@ Res5ROIHeads (C4)    PluginRes5ROIHeads         the single-level pooler on res4,
 Built from keywords (LazyConfig's ``instantiate``), the classes receive already-built modules:
 a Detectron2 ``ROIPooler`` is converted to an :class:`ROIAlignPooler` with the same settings
 (sampler: the ``sampler`` keyword) and a plain ``FastRCNNOutputLayers`` to a
-:class:`FastRCNNPredictor` with the same settings and parameters (see :mod:`roi_plugin.convert`);
+:class:`FastRCNNPredictor` with the same settings and parameters (see :mod:`roi_plugin.modeling.convert`);
 keyword sets of another family (C4's ``pooler``/``res5``, the cascade's ``box_heads``) raise
 an error naming the right class.
 """
@@ -32,9 +32,9 @@ from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, CascadeROIHeads, Res5ROIHeads, StandardROIHeads
 
-from .config import roi_plugin_cfg
+from ..config import roi_plugin_cfg
 from .convert import to_plugin_pooler, to_plugin_predictor
-from .layers import SAMPLERS, ROIAlignPooler
+from .poolers import SAMPLERS, ROIAlignPooler
 from .predictor import FastRCNNPredictor
 
 __all__ = [
@@ -216,5 +216,5 @@ PLUGIN_HEADS = {
     "StandardROIHeads": "PluginROIHeads",
     "CascadeROIHeads": "PluginCascadeROIHeads",
     "Res5ROIHeads": "PluginRes5ROIHeads",
-    "RROIHeads": "PluginRROIHeads",  # roi_plugin/rotated_heads.py
+    "RROIHeads": "PluginRROIHeads",  # roi_plugin/modeling/rotated_heads.py
 }

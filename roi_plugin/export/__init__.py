@@ -1,0 +1,11 @@
+# Copyright (c) roi_plugin authors. Licensed under the Apache License 2.0.
+"""Deployment, as Detectron2's own ``export`` package:
+
+* :mod:`.branches`    tensor-in wrappers of the pooler and of the ROI heads' box / mask branches
+  (ONNX, ``torch.export``), and ``ROIHeadsTensors`` (the whole ``roi_heads`` on tensors);
+* :mod:`.onnx_model`  the whole model traced with Detectron2's ``TracingAdapter`` to a
+  single-image ONNX graph, run with onnxruntime and compared with eager;
+* :mod:`.onnx_batch`  the dynamic-batch graph: the single-image graph inside an ONNX ``Loop``.
+
+The submodules are imported on use (the ONNX ones need the ``[deploy]`` extra).
+"""
