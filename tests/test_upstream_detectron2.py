@@ -121,6 +121,41 @@ def test_empty_batch(sampler):
 
 
 # ---------------------------------------------------------------- tests/modeling/test_roi_pooler.py
+def test_scriptability(sampler):
+    # upstream's _test_scriptability (CPU): the scripted pooler's output torch.equal to eager
+    pooler_resolution = 14
+    canonical_level = 4
+    canonical_scale_factor = 2**canonical_level
+    pooler_scales = (1.0 / canonical_scale_factor,)
+    sampling_ratio = 0
+
+    N, C, H, W = 2, 4, 10, 8
+    N_rois = 10
+    std = 11
+    mean = 0
+    feature = (torch.rand(N, C, H, W) - 0.5) * 2 * std + mean
+
+    features = [feature]
+
+    rois = []
+    for _ in range(N):
+        boxes = random_boxes(N_rois, W * canonical_scale_factor)
+
+        rois.append(Boxes(boxes))
+
+    roialignv2_pooler = ROIAlignPooler(
+        output_size=pooler_resolution,
+        scales=pooler_scales,
+        sampling_ratio=sampling_ratio,
+        pooler_type="ROIAlignV2",
+        sampler=sampler,
+    )
+
+    roialignv2_out = roialignv2_pooler(features, rois)
+    scripted_roialignv2_out = torch.jit.script(roialignv2_pooler)(features, rois)
+    assert torch.equal(roialignv2_out, scripted_roialignv2_out)
+
+
 def test_no_images(sampler):
     N, C, H, W = 0, 32, 32, 32
     features = [torch.rand(N, C, H, W) - 0.5]

@@ -1,6 +1,7 @@
 #!/usr/bin/env python
 # Copyright (c) roi_plugin authors. Licensed under the Apache License 2.0.
-"""Bit-for-bit comparison of the pooler (gather sampler) between two versions of the code.
+"""Bit-for-bit comparison of the pooler (gather sampler): between two versions of the code,
+and between the ways one version runs it (eager, compiled, scripted, traced).
 
 A refactor or a speed-up of the pooler should leave every output and feature gradient
 unchanged to the bit. Save them with one checkout, compare with another::
@@ -9,18 +10,30 @@ unchanged to the bit. Save them with one checkout, compare with another::
     PYTHONPATH=/tmp/base python tools/pooler_bitwise_check.py save /tmp/base.pt
     python tools/pooler_bitwise_check.py compare /tmp/base.pt     # exit 1 on any difference
 
+and check that ``torch.compile`` (inductor, static and ``dynamic=True`` shapes), TorchScript
+(``torch.jit.script``) and ``torch.jit.trace`` give the eager outputs and gradients bit for bit::
+
+    python tools/pooler_bitwise_check.py modes                     # all four, ~10 min
+    python tools/pooler_bitwise_check.py modes --modes scripted traced
+
 62 cases: sampling ratios 0-3, ROIAlign and ROIAlignV2, outputs 7, 14 and (7, 5), four-level
 and single-level poolers, float64, half and bfloat16 maps, boxes crossing and spilling over the
 border, tiny and zero-size boxes, a few and 600 ROIs. Boxes of ~1e6 px are left out: up to
 3d9ac33 such a box switched its whole grid-size group to float64 coordinates, so other ROIs of
 the group differed from torchvision by rounding (and one legacy border box by 0.6).
+A level that no ROI reads had no gradient (``None``) up to fd00250 and has a zero one since
+the pooler became an operator (as ``ROIPooler``'s): ``compare`` counts the two as equal and
+says how many there were.
 """
 import argparse
 import math
 import sys
 
+from typing import Tuple
+
 import torch
 
+from detectron2.structures import Boxes
 from roi_plugin import ROIAlignPooler
 
 SCALES = (1 / 4, 1 / 8, 1 / 16, 1 / 32)
@@ -64,7 +77,35 @@ def cases():
     yield ("many", 0, "ROIAlignV2", 7, 2, 400, 608, 32, torch.float32, 300, 0.0, 16, 800, False)
 
 
-def run_all():
+MODES = ("eager", "compiled", "compiled-dynamic", "scripted", "traced")
+
+
+class _ListCall(torch.nn.Module):
+    """The pooler with one tensor argument per map and per image (what ``torch.jit.trace`` takes)."""
+
+    def __init__(self, pooler, levels):
+        super().__init__()
+        self.pooler, self.levels = pooler, levels
+
+    def forward(self, *args):
+        return self.pooler(list(args[:self.levels]), list(args[self.levels:]))
+
+
+def runner(pooler, mode: str, x, bx):
+    """A callable ``(x, bx) -> pooled`` running ``pooler`` the ``mode`` way."""
+    if mode == "eager":
+        return pooler
+    if mode.startswith("compiled"):
+        torch._dynamo.reset()  # one pooler per case: stay clear of the recompile limit
+        return torch.compile(pooler, dynamic=True if mode == "compiled-dynamic" else None)
+    if mode == "scripted":
+        scripted = torch.jit.script(pooler)
+        return lambda x, bx: scripted(x, [Boxes(b) for b in bx])
+    traced = torch.jit.trace(_ListCall(pooler, len(x)), (*x, *bx), check_trace=False)
+    return lambda x, bx: traced(*x, *bx)
+
+
+def run_all(mode: str = "eager"):
     """{case: [output, gradient of each level]} over all cases, each with 4 levels and with 1."""
     results = {}
     for name, ratio, ptype, out, b, h, w, c, dtype, n, spill, lo, hi, border in cases():
@@ -74,34 +115,60 @@ def run_all():
             bx = boxes(b, n, h, w, lo, hi, spill)
             if border:
                 bx = [torch.cat([bx[0], BORDER[1]]), torch.cat([bx[1], BORDER[0]])]
-            y = ROIAlignPooler(out, scales, ratio, ptype)(x, bx)
+            pooler = ROIAlignPooler(out, scales, ratio, ptype)
+            y = runner(pooler, mode, x, bx)(x, bx)
             y.backward(torch.randn(y.shape, generator=torch.Generator().manual_seed(3)).to(y.dtype))
             results[name + ("-single" if single else "")] = [y.detach()] + [f.grad for f in x]
     return results
 
 
+def differences(results, ref) -> Tuple[int, int]:
+    """Print each tensor of ``results`` that differs from ``ref``; (differing, None-vs-zero) counts."""
+    bad = none_vs_zero = 0
+    for key, tensors in results.items():
+        for i, (a, r) in enumerate(zip(tensors, ref[key])):
+            if (a is None) != (r is None) and not bool((r if a is None else a).eq(0).all()):
+                bad += 1
+                print(f"DIFFERS: {key} gradient of level {i - 1}: None in one, non-zero in the other")
+            elif (a is None) != (r is None):
+                none_vs_zero += 1
+            elif a is not None and not torch.equal(a, r):
+                bad += 1
+                diff = (a.double() - r.double()).abs().max().item()
+                print(f"DIFFERS: {key} {'output' if i == 0 else f'gradient of level {i - 1}'}: max |diff| {diff}")
+    return bad, none_vs_zero
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("mode", choices=["save", "compare"])
-    p.add_argument("path", help="file of saved results")
+    p.add_argument("mode", choices=["save", "compare", "modes"])
+    p.add_argument("path", nargs="?", help="file of saved results (save, compare)")
+    p.add_argument("--modes", nargs="*", default=list(MODES[1:]), choices=list(MODES[1:]),
+                   help="with 'modes': the ways to run the pooler against eager (default: all)")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
+    if args.mode != "modes" and not args.path:
+        p.error(f"{args.mode} needs a path")
     torch.set_num_threads(args.threads)
     results = run_all()
     if args.mode == "save":
         torch.save(results, args.path)
         print(f"saved {len(results)} cases to {args.path}")
         return 0
-    ref = torch.load(args.path)
-    bad = 0
-    for key, tensors in results.items():
-        for i, (a, r) in enumerate(zip(tensors, ref[key])):
-            if (a is None) != (r is None) or (a is not None and not torch.equal(a, r)):
-                bad += 1
-                diff = None if a is None or r is None else (a.double() - r.double()).abs().max().item()
-                print(f"DIFFERS: {key} {'output' if i == 0 else f'gradient of level {i - 1}'}: max |diff| {diff}")
-    print(f"compared {len(results)} cases: {'all bit-identical' if not bad else f'{bad} tensors differ'}")
-    return 1 if bad else 0
+    runs = {"eager vs " + args.path: (results, torch.load(args.path))} if args.mode == "compare" else {}
+    failed = False
+    for label, (got, ref) in runs.items():
+        bad, nz = differences(got, ref)
+        note = f" ({nz} gradients None in one, zeros in the other)" if nz else ""
+        print(f"{label}: compared {len(got)} cases: {'all bit-identical' if not bad else f'{bad} tensors differ'}{note}")
+        failed |= bool(bad)
+    if args.mode == "modes":
+        for mode in args.modes:
+            bad, nz = differences(run_all(mode), results)
+            print(f"{mode} vs eager: compared {len(results)} cases: "
+                  f"{'all bit-identical' if not bad and not nz else f'{bad + nz} tensors differ'}", flush=True)
+            failed |= bool(bad or nz)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -4,10 +4,12 @@ tensor-in/tensor-out ``roi_heads`` (:class:`ROIHeadsTensors`, for trying ``torch
 
 The eager pooler takes a list of per-image ``Boxes``, so a trace would freeze the number
 of images. These wrappers take Detectron2's pooler format instead, one (K, 5) tensor of
-``batch_index, x1, y1, x2, y2``, and call a static-shape path, so the number of ROIs *and* of
-images are dynamic axes of the exported graph. ``tools/export_onnx.py`` uses them. Two paths:
+``batch_index, x1, y1, x2, y2``, so the number of ROIs *and* of images are dynamic axes of the
+exported graph. ``tools/export_onnx.py`` uses them. Two paths:
 
-* ``"roi_align"`` (default, :meth:`ROIAlignPooler._roi_align_static`): ONNX ``RoiAlign`` per level, exact at
+* ``"roi_align"`` (default, :meth:`ROIAlignPooler.pool_rois`): the pooler's operator
+  (``torch.ops.roi_plugin.*``; what ``torch.export`` and ``torch.jit.trace`` record), and
+  under ``torch.onnx.export``, which cannot express it, ONNX ``RoiAlign`` per level, exact at
   every sampling ratio, adaptive included.
 * ``"grid_sample"`` (:func:`roi_plugin.layers.static.grid_sample_static`): ONNX ``GridSample`` only (no
   ``RoiAlign``), for runtimes without it; under adaptive sampling it lays out at most
@@ -75,7 +77,7 @@ class ExportablePooler(nn.Module):
         *features, rois = inputs
         p = self.pooler
         if self.method == "roi_align":
-            return p._roi_align_static(list(features), rois)
+            return p.pool_rois(list(features), rois)
         return p._grid_sample_static(list(features), rois, self.max_grid)
 
 

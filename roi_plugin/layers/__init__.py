@@ -8,7 +8,9 @@
 * :mod:`.axis_taps`, :mod:`.gather_plan`, :mod:`.gather`   the default sampler: bins summed
   from bags of taps;
 * :mod:`.grid_sample`  the other sampler: bins summed from ``F.grid_sample`` reads;
-* :mod:`.static`       the shape-static path used while tracing / exporting;
+* :mod:`.roi_align_ops`  the two samplers as operators ``torch.ops.roi_plugin.*`` (forward,
+  backward, fake, autograd): what the module runs, eager, compiled, scripted or traced;
+* :mod:`.static`       the shape-static paths used while exporting to ONNX;
 * :mod:`.rotated_ops`  pure-PyTorch rotated IoU / NMS operators where Detectron2 has no ``_C``;
 * :mod:`.threads`      the sampler's single-intra-op-thread scope.
 

@@ -10,21 +10,20 @@ Backward, the transposed sum (a row receives from every tap that reads it):
 
     dT[r] = sum_{t : row_t = r} w_t * dbins[bag(t)]      (embedding_bag over row -> bins lists)
 
-so nothing but the taps' rows and weights is kept for it. Bags may differ in length, so
+so nothing but the taps' rows and weights is needed for it. Bags may differ in length, so
 adaptive sampling (``sampling_ratio=0``) needs no grouping, and one call serves all
-ROIs of all levels. On CPU the ops run on one intra-op thread (:mod:`.threads`: a core
-taken by another process would otherwise stall every parallel region).
+ROIs of all levels. These are the two halves of the operators ``roi_plugin::roi_align_gather``
+and ``roi_align_gather_backward`` (:mod:`.roi_align_ops`), which build the plan and pick the
+intra-op threads.
 """
 from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 
-from .gather_plan import gather_plan, upright_gather_plan
-from .geometry import LevelSamples
-from .threads import single_threaded
+from .gather_plan import GatherPlan
 
-__all__ = ["gather_roi_align", "gather_roi_align_boxes"]
+__all__ = ["gather_forward", "gather_backward"]
 
 # Channels per embedding_bag call. The channels-last copy of the levels (forward) and of
 # the output gradient (backward) is made one chunk of channels at a time, and the forward
@@ -77,114 +76,87 @@ def _copy_to_rows(rows: torch.Tensor, chw: torch.Tensor, local: Optional[torch.T
         rows.view(h, w, c).copy_(chw.permute(1, 2, 0))
 
 
-class _GatherROIAlign(torch.autograd.Function):
-    """Multi-level ROIAlign as sums over bags of taps; ``apply(plan, num_rois, (Ph, Pw),
-    compute_dtype, *features) -> (num_rois, C, Ph, Pw)``.
+def gather_forward(
+    plan: GatherPlan, features: List[torch.Tensor], num_rois: int, out_hw: Sequence[int], compute_dtype: torch.dtype,
+) -> torch.Tensor:
+    """Sum the bags of ``plan`` from ``features`` (L x (B, C, H_l, W_l)) -> (num_rois, C, Ph, Pw)
+    in the features' dtype.
 
     The table is built a chunk of channels at a time (:func:`_chunk_width`), so the transient
-    copy is a fraction of the pyramid, and bags are already in output order, so each chunk of bins
-    lands in the output with one strided copy (no scatter). The backward runs per level,
-    image and channel chunk and transposes straight into a contiguous NCHW gradient (what
-    the FPN convolutions and autograd's accumulation want: a channels-last gradient would be
-    re-laid out by them at several times the cost). It is built from differentiable ops, so
-    double backward works too.
+    copy is a fraction of the pyramid, and bags are already in output order, so each chunk of
+    bins lands in the output with one strided copy (no scatter).
     """
-
-    @staticmethod
-    def forward(ctx, plan, num_rois, out_hw, compute_dtype, *features):
-        ph, pw = out_hw
-        channels = features[0].shape[1]
-        out = features[0].new_empty((num_rois, channels, ph, pw))
-        itemsize = compute_dtype.itemsize
-        blocks = _roi_blocks(plan, num_rois, ph * pw)
-        width = _chunk_width(plan, num_rois, blocks[0][1], ph * pw, channels, itemsize)
-        # First tap of each block's first bag (one read of the offsets).
-        first_tap = torch.cat([plan.offsets[[r0 * ph * pw for r0, _ in blocks]].long(),
-                               plan.offsets.new_tensor([plan.index.numel()]).long()]).tolist()
-        for c0, c1 in _channel_chunks(channels, width):
-            table = torch.empty((plan.num_rows, c1 - c0), dtype=compute_dtype, device=out.device)
-            for level, i, r, n, local in plan.blocks:
-                _copy_to_rows(table[r:r + n], features[level][i, c0:c1], local)
-            for k, (r0, r1) in enumerate(blocks):
-                t0, t1 = first_tap[k], first_tap[k + 1]
-                bins = F.embedding_bag(
-                    plan.index[t0:t1], table, plan.offsets[r0 * ph * pw:r1 * ph * pw] - t0, mode="sum",
-                    per_sample_weights=plan.weight[t0:t1],
-                )
-                out[r0:r1, c0:c1] = bins.view(r1 - r0, ph, pw, c1 - c0).permute(0, 3, 1, 2)
-                del bins
-            del table  # before the next chunk's copy is made
-        ctx.plan = plan
-        ctx.dtype = features[0].dtype
-        ctx.compute_dtype = compute_dtype
-        ctx.num_features = len(features)
+    ph, pw = out_hw
+    channels = features[0].shape[1]
+    out = features[0].new_empty((num_rois, channels, ph, pw))
+    if num_rois == 0:
         return out
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        with single_threaded(grad_out.device):
-            return _GatherROIAlign._backward(ctx, grad_out)
-
-    @staticmethod
-    def _backward(ctx, grad_out):
-        plan = ctx.plan
-        num_rois, channels, ph, pw = grad_out.shape
-        device = grad_out.device
-        # Transposed lists: taps sorted by table row, row r's bag is [start[r], start[r+1]),
-        # each tap pointing at its output bin (= row of the channels-last gradient below).
-        itype = plan.index.dtype
-        bag = torch.repeat_interleave(torch.arange(plan.bag_sizes.numel(), dtype=itype, device=device), plan.bag_sizes)
-        order = torch.argsort(plan.index, stable=True)
-        src_bag, weight = bag.index_select(0, order), plan.weight.index_select(0, order)
-        del bag, order
-        start = torch.zeros(plan.num_rows + 1, dtype=itype, device=device)
-        torch.cumsum(torch.bincount(plan.index, minlength=plan.num_rows), 0, out=start[1:])
-        bounds = start[[r for _, _, r, _, _ in plan.blocks] + [plan.num_rows]].tolist()
-        grads: List[Optional[torch.Tensor]] = [None] * ctx.num_features
-        # A compact table (all blocks or none, see gather_plan._table_blocks) left out the
-        # rows no tap touches: their gradient is 0.
-        compact = any(blk[4] is not None for blk in plan.blocks)
-        for level, _, b, h, w in plan.levels:
-            grads[level] = (torch.zeros if compact else torch.empty)(
-                (b, channels, h, w), dtype=ctx.dtype, device=device
+    itemsize = compute_dtype.itemsize
+    blocks = _roi_blocks(plan, num_rois, ph * pw)
+    width = _chunk_width(plan, num_rois, blocks[0][1], ph * pw, channels, itemsize)
+    # First tap of each block's first bag (one read of the offsets).
+    first_tap = torch.cat([plan.offsets[[r0 * ph * pw for r0, _ in blocks]].long(),
+                           plan.offsets.new_tensor([plan.index.numel()]).long()]).tolist()
+    for c0, c1 in _channel_chunks(channels, width):
+        table = torch.empty((plan.num_rows, c1 - c0), dtype=compute_dtype, device=out.device)
+        for level, i, r, n, local in plan.blocks:
+            _copy_to_rows(table[r:r + n], features[level][i, c0:c1], local)
+        for k, (r0, r1) in enumerate(blocks):
+            t0, t1 = first_tap[k], first_tap[k + 1]
+            bins = F.embedding_bag(
+                plan.index[t0:t1], table, plan.offsets[r0 * ph * pw:r1 * ph * pw] - t0, mode="sum",
+                per_sample_weights=plan.weight[t0:t1],
             )
-        itemsize = ctx.compute_dtype.itemsize
-        width = _grad_chunk_width(plan, num_rois, ph * pw, channels, itemsize)
-        for c0, c1 in _channel_chunks(channels, width):
-            g = grad_out[:, c0:c1].permute(0, 2, 3, 1).to(ctx.compute_dtype).reshape(-1, c1 - c0)
-            for k, (level, i, r, n, local) in enumerate(plan.blocks):
-                lo, hi = bounds[k], bounds[k + 1]
-                rows = F.embedding_bag(
-                    src_bag[lo:hi], g, start[r:r + n] - lo, mode="sum", per_sample_weights=weight[lo:hi]
-                )  # (n, c1-c0): this image's gradient rows
-                dst = grads[level][i, c0:c1].flatten(1)  # (c1-c0, H*W), contiguous
-                if local is None:
-                    # A 2-D transpose into a contiguous block takes copy_'s blocked-transpose path.
-                    dst.copy_(rows.t())
-                else:
-                    dst.index_copy_(1, local, rows.t().to(dst.dtype))
-        return (None, None, None, None, *grads)
+            out[r0:r1, c0:c1] = bins.view(r1 - r0, ph, pw, c1 - c0).permute(0, 3, 1, 2)
+            del bins
+        del table  # before the next chunk's copy is made
+    return out
 
 
-def gather_roi_align(
-    x: List[torch.Tensor], levels: List[LevelSamples], num_rois: int, output_size: Tuple[int, int],
+def gather_backward(
+    plan: GatherPlan, grad_out: torch.Tensor, sizes: Sequence[Sequence[int]], dtype: torch.dtype,
     compute_dtype: torch.dtype,
-) -> torch.Tensor:
-    """Pool the sample groups ``levels`` from the maps ``x`` (B, C, H_l, W_l) -> (num_rois, C, Ph, Pw)."""
-    sizes = [(f.shape[0], f.shape[2], f.shape[3]) for f in x]
-    with single_threaded(x[0].device):
-        plan = gather_plan(sizes, levels, output_size, compute_dtype, x[0].device)
-        return _GatherROIAlign.apply(plan, num_rois, output_size, compute_dtype, *x)
+) -> List[torch.Tensor]:
+    """The transposed sums: the gradient of each level (B, C, H_l, W_l) of ``sizes``, in
+    ``dtype``, for ``grad_out`` (num_rois, C, Ph, Pw); levels no tap reads get zeros.
 
-
-def gather_roi_align_boxes(
-    x: List[torch.Tensor], boxes: torch.Tensor, batch: torch.Tensor, level_of: torch.Tensor,
-    scales: Sequence[float], output_size: Tuple[int, int], sampling_ratio: int, aligned: bool,
-) -> torch.Tensor:
-    """Pool upright ``boxes`` (N, 4) (input pixels, compute dtype), ROI ``i`` of image
-    ``batch[i]`` from level ``level_of[i]`` of ``x`` -> (N, C, Ph, Pw); the plan comes
-    from :func:`.gather_plan.upright_gather_plan` (all ROIs at once, no sample groups)."""
-    sizes = [(f.shape[0], f.shape[2], f.shape[3]) for f in x]
-    with single_threaded(boxes.device):
-        plan = upright_gather_plan(sizes, boxes, batch, level_of, scales, output_size, sampling_ratio, aligned)
-        return _GatherROIAlign.apply(plan, boxes.shape[0], output_size, boxes.dtype, *x)
+    Runs per level, image and channel chunk and transposes straight into a contiguous NCHW
+    gradient (what the FPN convolutions and autograd's accumulation want: a channels-last
+    gradient would be re-laid out by them at several times the cost).
+    """
+    num_rois, channels, ph, pw = grad_out.shape
+    device = grad_out.device
+    # A compact table (all blocks or none, see gather_plan._table_blocks) left out the
+    # rows no tap touches: their gradient is 0.
+    compact = any(blk[4] is not None for blk in plan.blocks)
+    sampled = {level for level, _, _, _, _ in plan.levels}
+    grads = [(torch.empty if level in sampled and not compact else torch.zeros)(tuple(size), dtype=dtype, device=device)
+             for level, size in enumerate(sizes)]
+    if not sampled:
+        return grads
+    # Transposed lists: taps sorted by table row, row r's bag is [start[r], start[r+1]),
+    # each tap pointing at its output bin (= row of the channels-last gradient below).
+    itype = plan.index.dtype
+    bag = torch.repeat_interleave(torch.arange(plan.bag_sizes.numel(), dtype=itype, device=device), plan.bag_sizes)
+    order = torch.argsort(plan.index, stable=True)
+    src_bag, weight = bag.index_select(0, order), plan.weight.index_select(0, order)
+    del bag, order
+    start = torch.zeros(plan.num_rows + 1, dtype=itype, device=device)
+    torch.cumsum(torch.bincount(plan.index, minlength=plan.num_rows), 0, out=start[1:])
+    bounds = start[[r for _, _, r, _, _ in plan.blocks] + [plan.num_rows]].tolist()
+    itemsize = compute_dtype.itemsize
+    width = _grad_chunk_width(plan, num_rois, ph * pw, channels, itemsize)
+    for c0, c1 in _channel_chunks(channels, width):
+        g = grad_out[:, c0:c1].permute(0, 2, 3, 1).to(compute_dtype).reshape(-1, c1 - c0)
+        for k, (level, i, r, n, local) in enumerate(plan.blocks):
+            lo, hi = bounds[k], bounds[k + 1]
+            rows = F.embedding_bag(
+                src_bag[lo:hi], g, start[r:r + n] - lo, mode="sum", per_sample_weights=weight[lo:hi]
+            )  # (n, c1-c0): this image's gradient rows
+            dst = grads[level][i, c0:c1].flatten(1)  # (c1-c0, H*W), contiguous
+            if local is None:
+                # A 2-D transpose into a contiguous block takes copy_'s blocked-transpose path.
+                dst.copy_(rows.t())
+            else:
+                dst.index_copy_(1, local, rows.t().to(dst.dtype))
+    return grads

@@ -15,14 +15,14 @@ through one ``grid_sample`` call (a few for many ROIs, to bound memory). ``GridS
 standard ONNX operator, so this formulation is also the export path's (:mod:`.static`).
 """
 import math
-from typing import List, Tuple
+from typing import List, NamedTuple, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 
 from .geometry import LevelSamples, SampleGroup
 
-__all__ = ["grid_sample_roi_align"]
+__all__ = ["grid_sample_roi_align", "grid_sample_roi_align_backward"]
 
 
 def _group_points(group: SampleGroup, h: int, w: int, ph: int, pw: int):
@@ -48,6 +48,24 @@ def _group_points(group: SampleGroup, h: int, w: int, ph: int, pw: int):
     return (group.batch, gy, gx, vy, vx), None
 
 
+def _level_units(levels: List[LevelSamples], sizes, output_size: Tuple[int, int]):
+    """The sampling units of every level: ``(rois of each group, in plan order, per level (level,
+    unit sets, (group index, n, bins) of each set))``; groups without samples have no set."""
+    ph, pw = output_size
+    order, per_level = [], []
+    for plan in levels:
+        _, _, h, w = sizes[plan.level]
+        sets, dest = [], []
+        for group in plan.groups:
+            if group.ys is not None:
+                unit, bins = _group_points(group, h, w, ph, pw)
+                sets.append(unit)
+                dest.append((len(order), group.rois.numel(), bins))
+            order.append(group.rois)
+        per_level.append((plan.level, sets, dest))
+    return order, per_level
+
+
 def grid_sample_roi_align(
     x: List[torch.Tensor], levels: List[LevelSamples], num_rois: int, output_size: Tuple[int, int],
     compute_dtype: torch.dtype,
@@ -55,43 +73,59 @@ def grid_sample_roi_align(
     """Pool the sample groups ``levels`` from the maps ``x`` (B, C, H_l, W_l) -> (num_rois, C, Ph, Pw)."""
     ph, pw = output_size
     channels = x[0].shape[1]
-    pieces, order = [], []
-    for plan in levels:
-        feat = x[plan.level]
-        bsz, _, h, w = feat.shape
+    order, per_level = _level_units(levels, [f.shape for f in x], output_size)
+    pieces = [None] * len(order)
+    for level, sets, dest in per_level:
+        feat = x[level]
         if feat.dtype != compute_dtype:  # grid_sample wants input and grid of one dtype
             feat = feat.to(compute_dtype)
-        sets, finish = [], []
-        for group in plan.groups:
-            n = group.rois.numel()
-            order.append(group.rois)
-            if group.ys is None:  # no samples at all
-                pieces.append(feat.new_zeros((n, channels, ph, pw)))
-                continue
-            unit, bins = _group_points(group, h, w, ph, pw)
-            sets.append(unit)
-            finish.append((len(pieces), n, bins))
-            pieces.append(None)  # filled below, after the level's grid_sample call
+        bsz, _, h, w = feat.shape
         for call in _grid_sample_calls(sets, bsz * h * w):
-            for (k, n, bins), pooled in zip([finish[i] for i in call],
-                                            _grid_sample_units(feat, [sets[i] for i in call])):
+            layout = _units_layout(bsz, [sets[i] for i in call], feat.dtype, feat.device)
+            for (k, n, bins), pooled in zip([dest[i] for i in call], _units_forward(feat, layout)):
                 if bins is None:
                     pieces[k] = pooled
                 else:
                     flat = pooled.new_zeros((n * ph * pw, channels)).index_copy(0, bins, pooled[:, :, 0, 0])
                     pieces[k] = flat.view(n, ph, pw, channels).permute(0, 3, 1, 2)
-    # One gather back to input order (in-place writes would clone the gradient per group).
+    for k, rois in enumerate(order):  # groups without samples (empty aligned boxes): zeros
+        if pieces[k] is None:
+            pieces[k] = x[0].new_zeros((rois.numel(), channels, ph, pw), dtype=compute_dtype)
+    # One gather back to input order.
     inverse = torch.empty(num_rois, dtype=torch.int64, device=x[0].device)
     cat_order = torch.cat(order)
     inverse[cat_order] = torch.arange(num_rois, device=cat_order.device)
     # Contiguous NCHW, as ROIPooler returns: the pieces are channels-last views, and a
     # channels-last result would carry through the heads' convs (the keypoint loss .view()s).
-    out = torch.cat(pieces)[inverse].to(x[0].dtype).contiguous()
-    if torch.is_grad_enabled() and not out.requires_grad and any(f.requires_grad for f in x):
-        # Only ROIs without samples (empty aligned boxes): zeros, which torchvision's kernel
-        # still returns in the graph (zero gradient). An empty sum of a map adds exactly 0.
-        out = out + x[0].flatten()[:0].sum()
-    return out
+    return torch.cat(pieces)[inverse].to(x[0].dtype).contiguous()
+
+
+def grid_sample_roi_align_backward(
+    grad: torch.Tensor, levels: List[LevelSamples], sizes: Sequence[Sequence[int]], dtype: torch.dtype,
+    output_size: Tuple[int, int], compute_dtype: torch.dtype,
+) -> List[torch.Tensor]:
+    """The transpose of :func:`grid_sample_roi_align`: the gradient (B, C, H_l, W_l) of each
+    level of ``sizes``, in ``dtype``, for ``grad`` (num_rois, C, Ph, Pw); each step of the
+    forward backwards (``grid_sample``'s own backward kernel for the reads)."""
+    ph, pw = output_size
+    channels = grad.shape[1]
+    order, per_level = _level_units(levels, sizes, output_size)
+    pieces = grad.to(compute_dtype)[torch.cat(order)].split([rois.numel() for rois in order])
+    grads = [None] * len(sizes)
+    for level, sets, dest in per_level:
+        bsz, _, h, w = sizes[level]
+        for call in _grid_sample_calls(sets, bsz * h * w):
+            layout = _units_layout(bsz, [sets[i] for i in call], compute_dtype, grad.device)
+            unit_grads = []
+            for k, n, bins in (dest[i] for i in call):
+                g = pieces[k]
+                if bins is not None:  # the bins sampled as 1x1 units
+                    g = g.permute(0, 2, 3, 1).reshape(n * ph * pw, channels).index_select(0, bins)[:, :, None, None]
+                unit_grads.append(g)
+            g = _units_backward(unit_grads, layout, (bsz, channels, h, w))
+            grads[level] = g if grads[level] is None else grads[level] + g
+    return [torch.zeros(tuple(size), dtype=dtype, device=grad.device) if g is None else g.to(dtype)
+            for g, size in zip(grads, sizes)]
 
 
 def _grid_sample_calls(sets, level_positions: int) -> List[List[int]]:
@@ -127,25 +161,31 @@ def _unit_layout(gy: torch.Tensor, gx: torch.Tensor) -> Tuple[int, int, int]:
     return gy.shape[1], gx.shape[1], gy.shape[2] * gx.shape[2]
 
 
-def _grid_sample_units(feat: torch.Tensor, sets) -> List[torch.Tensor]:
-    """Average-pool sets of sampling units (ROIs, or single bins of ROIs) of one level with a
-    single ``grid_sample`` call.
+class _UnitsLayout(NamedTuple):
+    """Sampling units of one ``grid_sample`` call: every image's sample points one unit after
+    the other, each weighted and pointing at its bin; padding points have weight 0 (bin 0)."""
+
+    grid: torch.Tensor  # (B, 1, P, 2) normalised sample points
+    weight: torch.Tensor  # (B, P) validity x 1/grid of each point
+    point_bin: torch.Tensor  # (B, P) int64 bin of each point within its image
+    nbins: int  # bins per image
+    units: List[Tuple[torch.Tensor, torch.Tensor, Tuple[int, int, int]]]  # (b, bins (n, uh*uw), (n, uh, uw)) per set
+
+
+def _units_layout(bsz: int, sets, dtype: torch.dtype, device: torch.device) -> _UnitsLayout:
+    """Lay out sets of sampling units (ROIs, or single bins of ROIs) of one level for a single
+    ``grid_sample`` call.
 
     Sets of several adaptive grid sizes share one call (see :func:`_grid_sample_calls`):
     ``grid_sampler_2d_backward`` allocates and zero-fills a gradient the size of the whole
     level per call.
 
     Args:
-        feat: (B, C, H, W) level.
         sets: list of ``(b, gy, gx, vy, vx)``: b (n,) image of each unit; gy, gx (n, uh, gh),
             (n, uw, gw) normalised sample coordinates of uh x uw bins, or dense ones, both
             (n, uh, uw, gh, gw) (rotated boxes); vy, vx same shapes, per-sample weights
             (validity x 1/grid) along each axis.
-    Returns:
-        one (n, C, uh, uw) tensor per set: for each bin the weighted sum of its gh x gw samples.
     """
-    bsz, channels = feat.shape[:2]
-    device = feat.device
     shapes = [(b.numel(), *_unit_layout(gy, gx)) for b, gy, gx, _, _ in sets]
     # Every image's points (and bins) are laid out one unit after the other: the start of each
     # unit within its image, for bins and for sample points.
@@ -168,13 +208,12 @@ def _grid_sample_units(feat: torch.Tensor, sets) -> List[torch.Tensor]:
 
     bin_start, nbins = starts(unit_bins)
     point_start, npoints = starts(unit_points)
-    if npoints == 0:
-        return [feat.new_zeros((n, channels, uh, uw)) for n, uh, uw, _ in shapes]
-    grid = feat.new_zeros((bsz, npoints, 2))
-    weight = feat.new_zeros((bsz, npoints))
+    grid = torch.zeros((bsz, npoints, 2), dtype=dtype, device=device)
+    weight = torch.zeros((bsz, npoints), dtype=dtype, device=device)
     point_bin = torch.zeros((bsz, npoints), dtype=torch.int64, device=device)
-    u0 = 0
+    units, u0 = [], 0
     for (b, gy, gx, vy, vx), (n, uh, uw, g) in zip(sets, shapes):
+        units.append((b, bin_start[u0:u0 + n, None] + torch.arange(uh * uw, device=device), (n, uh, uw)))
         if n == 0:
             continue
         # Points in (unit, bin row, bin column, sample row, sample column) order, so that the
@@ -190,16 +229,43 @@ def _grid_sample_units(feat: torch.Tensor, sets) -> List[torch.Tensor]:
         weight[b[:, None], slots] = w.reshape(n, -1)
         point_bin[b[:, None], slots] = bins
         u0 += n
+    return _UnitsLayout(grid.view(bsz, 1, npoints, 2), weight, point_bin, nbins, units)
+
+
+def _units_forward(feat: torch.Tensor, layout: _UnitsLayout) -> List[torch.Tensor]:
+    """Average-pool the units of ``layout`` from the level ``feat`` (B, C, H, W): one
+    (n, C, uh, uw) tensor per set, for each bin the weighted sum of its gh x gw samples."""
+    bsz, channels = feat.shape[:2]
+    npoints = layout.weight.shape[1]
+    if npoints == 0:
+        return [feat.new_zeros((n, channels, uh, uw)) for _, _, (n, uh, uw) in layout.units]
     samples = F.grid_sample(
-        feat, grid.view(bsz, 1, npoints, 2), mode="bilinear", padding_mode="border", align_corners=False
+        feat, layout.grid, mode="bilinear", padding_mode="border", align_corners=False
     ).view(bsz, channels, npoints)
     # Padding points have weight 0 (and bin 0): they add nothing.
-    pooled = feat.new_zeros((bsz, channels, nbins)).scatter_add(
-        2, point_bin[:, None, :].expand(bsz, channels, npoints), samples * weight[:, None, :]
+    pooled = feat.new_zeros((bsz, channels, layout.nbins)).scatter_add(
+        2, layout.point_bin[:, None, :].expand(bsz, channels, npoints), samples * layout.weight[:, None, :]
     ).permute(0, 2, 1)  # (B, bins, C)
-    out, u0 = [], 0
-    for (b, _, _, _, _), (n, uh, uw, _) in zip(sets, shapes):
-        idx = bin_start[u0:u0 + n, None] + torch.arange(uh * uw, device=device)
-        out.append(pooled[b[:, None], idx].view(n, uh, uw, channels).permute(0, 3, 1, 2))
-        u0 += n
-    return out
+    return [pooled[b[:, None], idx].view(n, uh, uw, channels).permute(0, 3, 1, 2)
+            for b, idx, (n, uh, uw) in layout.units]
+
+
+def _units_backward(grads: List[torch.Tensor], layout: _UnitsLayout, size: Sequence[int]) -> torch.Tensor:
+    """The transpose of :func:`_units_forward`: the gradient of the level (``size`` (B, C, H, W))
+    for the gradients ``grads`` (n, C, uh, uw) of its sets."""
+    bsz, channels = size[0], size[1]
+    npoints = layout.weight.shape[1]
+    grad_pooled = layout.weight.new_zeros((bsz, layout.nbins, channels))
+    if npoints == 0:
+        return layout.weight.new_zeros(tuple(size))
+    for g, (b, idx, (n, uh, uw)) in zip(grads, layout.units):
+        grad_pooled[b[:, None], idx] = g.permute(0, 2, 3, 1).reshape(n, uh * uw, channels)  # bins are disjoint
+    grad_samples = grad_pooled.permute(0, 2, 1).gather(
+        2, layout.point_bin[:, None, :].expand(bsz, channels, npoints)
+    ) * layout.weight[:, None, :]
+    # grid_sample's own backward kernel (the one autograd calls), input gradient only: it reads
+    # the input's shape and dtype, not its values.
+    shape_only = layout.weight.new_zeros(()).expand(tuple(size))
+    return torch.ops.aten.grid_sampler_2d_backward(
+        grad_samples.view(bsz, channels, 1, npoints), shape_only, layout.grid, 0, 1, False, [True, False]
+    )[0]

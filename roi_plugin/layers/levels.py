@@ -13,7 +13,7 @@ from typing import Sequence, Tuple
 
 import torch
 
-__all__ = ["assign_boxes_to_levels", "pyramid_levels"]
+__all__ = ["assign_boxes_to_levels", "pyramid_levels", "route_boxes"]
 
 
 def assign_boxes_to_levels(
@@ -61,3 +61,15 @@ def pyramid_levels(scales: Sequence[float]) -> Tuple[int, int]:
             f"{[2 ** lv for lv in levels]}"
         )
     return levels[0], levels[-1]
+
+
+def route_boxes(boxes: torch.Tensor, scales: Sequence[float], canonical_box_size: float,
+                canonical_level: int) -> torch.Tensor:
+    """(N,) int64 level of each box (index into ``scales``) for a pooler over ``scales``.
+
+    Routed in float32 whatever the boxes' dtype: Detectron2's ``Boxes`` are float32, so its
+    rule always sees float32 coordinates (and a box on a level boundary must agree).
+    """
+    if len(scales) == 1:
+        return torch.zeros_like(boxes[:, 0], dtype=torch.int64)
+    return assign_boxes_to_levels(boxes.float(), *pyramid_levels(scales), canonical_box_size, canonical_level)

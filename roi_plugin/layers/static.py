@@ -1,8 +1,11 @@
 # Copyright (c) roi_plugin authors. Licensed under the Apache License 2.0.
-"""The static paths: ROIAlign with fixed shapes and no Python control flow on data, for
-tracing, ONNX, TorchScript, ``torch.export`` and ``torch.compile``.
+"""The ONNX paths: ROIAlign with fixed shapes and no Python control flow on data, in operators
+ONNX has. ``torch.onnx.export`` cannot express the pooler's own operators
+(:mod:`.roi_align_ops`), so while it traces, the pooler runs one of these instead; every
+other way of running the pooler (eager, ``torch.compile``, TorchScript, ``torch.jit.trace``,
+``torch.export``) runs the operators.
 
-:func:`roi_align_levels` (the default deployment path, exact at every sampling ratio) runs
+:func:`roi_align_levels` (the default ONNX path, exact at every sampling ratio) runs
 ``torchvision.ops.roi_align`` (ONNX ``RoiAlign`` from opset 16, whose onnxruntime kernel equals
 torchvision's, see ``tests/test_export.py``; the kernel the eager samplers reproduce sample for
 sample) once per level on *all* K ROIs, the boxes of ROIs routed to other levels replaced by an
@@ -15,8 +18,9 @@ samples, counted as one; legacy mode clamps it to 1 px), so the extra work is
 ``(L - 1) * K * h * w`` samples. No ``nonzero``, no data-dependent shape: the numbers of ROIs
 and images are dynamic, and adaptive sampling stays adaptive inside ``RoiAlign`` (no cap).
 
-:func:`grid_sample_static` (``GridSample`` only, for runtimes without ``RoiAlign``): the eager samplers group ROIs by level and grid size with ``nonzero``/``unique`` and
-Python loops over the result, which a trace would freeze. Here every ROI is sampled on
+:func:`grid_sample_static` (``GridSample`` only, for runtimes without ``RoiAlign``): the
+operators group ROIs by level and grid size with ``nonzero``/``unique`` and Python loops over
+the result, which an ONNX trace would freeze. Here every ROI is sampled on
 every level and every image with one ``F.grid_sample`` per level on a fixed ``(G, G)``
 layout, and the samples are weighted by a mask:
 
@@ -35,26 +39,11 @@ import torchvision
 
 from .geometry import level_boxes
 
-__all__ = ["EXPORT_MAX_GRID", "is_exporting", "grid_sample_static", "roi_align_levels"]
+__all__ = ["EXPORT_MAX_GRID", "grid_sample_static", "roi_align_levels"]
 
 # Samples per bin and axis that the static (export) path lays out under adaptive sampling
 # (``sampling_ratio=0``); see :func:`grid_sample_static`.
 EXPORT_MAX_GRID = 4
-
-
-def is_exporting() -> bool:
-    """True while the module is traced (``torch.jit.trace``), exported (ONNX, ``torch.export``)
-    or compiled (``torch.compile``: the eager samplers' Python values taken from box data would
-    break Dynamo's graphs and specialise its guards on every new set of boxes)."""
-    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
-        return True
-    compiler = getattr(torch, "compiler", None)
-    if compiler is None:
-        return False
-    return bool(
-        (hasattr(compiler, "is_exporting") and compiler.is_exporting())
-        or (hasattr(compiler, "is_compiling") and compiler.is_compiling())
-    )
 
 
 def roi_align_levels(
@@ -66,7 +55,7 @@ def roi_align_levels(
     sampling_ratio: int,
     aligned: bool,
 ) -> torch.Tensor:
-    """Multi-level ROIAlign, exact at every sampling ratio, static shapes; scriptable.
+    """Multi-level ROIAlign, exact at every sampling ratio, static shapes (ONNX ``RoiAlign``).
 
     Args:
         x: L maps (B, C, H_l, W_l), finest first, matching ``scales``.

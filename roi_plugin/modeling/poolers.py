@@ -1,15 +1,24 @@
 # Copyright (c) roi_plugin authors. Licensed under the Apache License 2.0.
 """Multi-level ROIAlign in pure PyTorch, a drop-in for Detectron2's ``ROIPooler``.
 
-The module validates its input, routes each box to a level (:mod:`.levels`), lays out its
-sample points (:mod:`..layers.geometry`) and hands them to one of two exact samplers that sum
-them into bins: ``"gather"`` (:mod:`.gather`, ``embedding_bag`` over bilinear taps; the
-default, fastest on CPU) or ``"grid_sample"`` (:mod:`.grid_sample`). While traced or
-exported it takes the static path (:mod:`.static`). Both samplers reproduce
-``torchvision.ops.roi_align`` (the kernel behind Detectron2's ``ROIPooler``) sample for
-sample; see ``tests/test_pooler.py``. With ``pooler_type="ROIAlignRotated"`` the boxes are
-rotated, ``(x_ctr, y_ctr, w, h, angle)``, and the samples come from :mod:`.rotated_geometry`
-(Detectron2's ``ROIAlignRotated`` kernel); the samplers are the same.
+The module validates its input (types, shapes, devices), turns the per-image box lists into
+one (K, 5) ``batch_index, x1, y1, x2, y2`` tensor and calls one operator,
+``torch.ops.roi_plugin.roi_align_gather`` (the default sampler: ``embedding_bag`` over
+bilinear taps, fastest on CPU) or ``roi_align_grid_sample`` (:mod:`..layers.roi_align_ops`),
+which checks the box values, routes each box to a level (:mod:`..layers.levels`), lays out
+its samples (:mod:`..layers.geometry`) and sums them into bins. Eager, ``torch.compile``,
+TorchScript, ``torch.jit.trace`` and ``torch.export`` all run that one implementation, with
+bit-identical results and gradients. Both samplers reproduce ``torchvision.ops.roi_align``
+(the kernel behind Detectron2's ``ROIPooler``) sample for sample; see ``tests/test_pooler.py``.
+With ``pooler_type="ROIAlignRotated"`` the boxes are rotated, ``(x_ctr, y_ctr, w, h, angle)``,
+and the samples come from :mod:`..layers.rotated_geometry` (Detectron2's ``ROIAlignRotated``
+kernel); the operators are the same.
+
+The one exception is ONNX export (``torch.onnx.export``), which cannot express the
+operators: there the pooler runs :func:`..layers.static.roi_align_levels`, ONNX ``RoiAlign``
+once per level (the same values; onnxruntime's kernel is torchvision's), or, through
+:class:`roi_plugin.export.branches.ExportablePooler`, the ``GridSample``-only
+:func:`..layers.static.grid_sample_static` for runtimes without ``RoiAlign``.
 """
 from typing import List, Sequence, Tuple, Union
 
@@ -18,19 +27,12 @@ from torch import nn
 
 from detectron2.structures import Boxes
 
-from ..layers.gather import gather_roi_align, gather_roi_align_boxes
-from ..layers.geometry import sample_groups
-from ..layers.grid_sample import grid_sample_roi_align
-from ..layers.levels import assign_boxes_to_levels, pyramid_levels
-from ..layers.rotated_geometry import rotated_sample_groups
-from ..layers.static import EXPORT_MAX_GRID, grid_sample_static, is_exporting, roi_align_levels
+from ..layers import roi_align_ops  # noqa: F401  (registers torch.ops.roi_plugin.*)
+from ..layers.levels import pyramid_levels, route_boxes
+from ..layers.roi_align_ops import POOLER_TYPES, SAMPLERS
+from ..layers.static import EXPORT_MAX_GRID, grid_sample_static, roi_align_levels
 
 __all__ = ["ROIAlignPooler", "GridSampleROIPooler", "SAMPLERS", "POOLER_TYPES"]
-
-_SAMPLERS = {"gather": gather_roi_align, "grid_sample": grid_sample_roi_align}
-SAMPLERS = tuple(_SAMPLERS)  # ("gather", "grid_sample")
-# name -> aligned (half-pixel offset); ROIAlignRotated (rotated boxes) is always aligned
-POOLER_TYPES = {"ROIAlign": False, "ROIAlignV2": True, "ROIAlignRotated": True}
 
 
 class ROIAlignPooler(nn.Module):
@@ -49,6 +51,11 @@ class ROIAlignPooler(nn.Module):
             degrees, counter-clockwise), Detectron2's ``ROIAlignRotated`` (always aligned).
         canonical_box_size, canonical_level: ``k0`` and the 224 of the level rule.
         sampler: ``"gather"`` (default, fastest on CPU) or ``"grid_sample"``.
+        single_thread: run the sampler's CPU work on one intra-op thread (set around each
+            operator call, the caller's count restored after; :mod:`..layers.threads`).
+            The default: a pooler call is hundreds of small ops, and with several threads
+            each waits for a thread that another process may have descheduled. False
+            leaves ``torch.get_num_threads()`` as the caller set it.
 
     Call: ``pooler(features, box_lists)`` with ``features`` a list of (B, C, H_l, W_l)
     maps matching ``scales`` and ``box_lists`` a list of B ``Boxes`` or (N_i, 4) tensors
@@ -66,6 +73,7 @@ class ROIAlignPooler(nn.Module):
         canonical_level: int = 4,
         *,
         sampler: str = "gather",
+        single_thread: bool = True,
     ):
         super().__init__()
         if isinstance(output_size, int):
@@ -94,6 +102,7 @@ class ROIAlignPooler(nn.Module):
         self.sampler = sampler
         self.canonical_box_size = canonical_box_size
         self.canonical_level = canonical_level
+        self.single_thread = bool(single_thread)
         # Typed copies for TorchScript (a scripted forward cannot index a tuple by a variable).
         self.scale_list: List[float] = list(scales)
         self.output_size_list: List[int] = list(output_size)
@@ -101,7 +110,8 @@ class ROIAlignPooler(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"output_size={self.output_size}, scales={self.scales}, sampling_ratio="
-            f"{self.sampling_ratio}, pooler_type={self.pooler_type}, sampler={self.sampler}"
+            f"{self.sampling_ratio}, pooler_type={self.pooler_type}, sampler={self.sampler}, "
+            f"single_thread={self.single_thread}"
         )
 
     def forward(self, x: List[torch.Tensor], box_lists: List[Boxes]) -> torch.Tensor:
@@ -112,90 +122,65 @@ class ROIAlignPooler(nn.Module):
                 ``RotatedBoxes`` (or (N_i, 5) tensors) for ``ROIAlignRotated``.
         Returns:
             Tensor (sum_i N_i, C, h, w): pooled features, ROIs in input order.
-
-        Traced, exported, compiled or scripted, the pooler runs :meth:`_roi_align_static`
-        (static shapes, the same values); eagerly, the configured sampler.
         """
         if torch.jit.is_scripting():
-            if self.rotated:
-                raise NotImplementedError("ROIAlignPooler cannot be scripted for pooler_type 'ROIAlignRotated'")
-            rois = torch.cat(
-                [torch.cat([torch.full_like(b.tensor[:, :1], i), b.tensor], 1) for i, b in enumerate(box_lists)]
-            )
-            return self._roi_align_static(x, rois)
+            return self._pool(x, self._rois([b.tensor for b in box_lists], x[0]))
         return self._forward_python(x, box_lists)
 
     @torch.jit.unused
     def _forward_python(self, x: List[torch.Tensor], box_lists) -> torch.Tensor:
         self._check_features(x)
-        batch, channels = x[0].shape[:2]
-        boxes = self._check_boxes(box_lists, batch, x[0].device, self.rotated)
-        if is_exporting():
+        boxes = self._check_boxes(box_lists, x[0].shape[0], x[0].device, self.rotated)
+        return self.pool_rois(list(x), self._rois(boxes, x[0]))
+
+    @torch.jit.unused
+    def pool_rois(self, x: List[torch.Tensor], rois: torch.Tensor) -> torch.Tensor:
+        """Pool ``rois`` (K, 5) ``batch_index, x1, y1, x2, y2`` ((K, 6) with a rotated box) in
+        input-image pixels from the maps ``x`` -> (K, C, h, w): the operator, or under
+        ``torch.onnx.export`` (which cannot express it) ONNX ``RoiAlign`` per level."""
+        if torch.onnx.is_in_onnx_export():
             if self.rotated:
                 raise NotImplementedError(
-                    "ROIAlignPooler has no static (trace/export/compile) path for pooler_type "
-                    "'ROIAlignRotated'; rotated boxes are pooled eagerly only"
+                    "ROIAlignPooler has no ONNX export for pooler_type 'ROIAlignRotated' (ONNX RoiAlign "
+                    "has no rotated boxes); torch.jit.trace, torch.export and torch.compile run it"
                 )
-            # Static-shape path: the eager samplers' grouping would be frozen by a trace, and
-            # their Python values from box data would break Dynamo's graphs.
-            fdt = torch.float64 if x[0].dtype == torch.float64 else torch.float32
-            rois = torch.cat(
-                [torch.cat([torch.full_like(b[:, :1], i), b], 1).to(fdt) for i, b in enumerate(boxes)]
+            return self._roi_align_static(x, rois)
+        return self._pool(x, rois)
+
+    def _rois(self, boxes: List[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+        """B box tensors (N_i, 4) (or (N_i, 5) rotated) -> (sum N_i, 5) (or 6) with the image
+        index first, in the boxes' floating dtype."""
+        if len(boxes) == 0:
+            return like.new_zeros((0, 6 if self.rotated else 5), dtype=torch.float32)
+        return torch.cat([torch.cat([torch.full_like(b[:, :1], float(i)), b], 1) for i, b in enumerate(boxes)])
+
+    def _pool(self, x: List[torch.Tensor], rois: torch.Tensor) -> torch.Tensor:
+        """The sampler's operator (:mod:`..layers.roi_align_ops`) on (K, 5) or (K, 6) ``rois``."""
+        if self.sampler == "gather":
+            return torch.ops.roi_plugin.roi_align_gather(
+                x, rois, self.output_size_list, self.scale_list, self.sampling_ratio, self.pooler_type,
+                float(self.canonical_box_size), self.canonical_level, self.single_thread,
             )
-            return self._roi_align_static(list(x), rois)
-        num_rois = sum(len(b) for b in boxes)
-        if num_rois == 0:
-            return x[0].new_zeros((0, channels, *self.output_size))
-        # Geometry in float64 for float64 features (gradcheck), float32 otherwise; half
-        # precision maps are sampled in float32 and the result cast back.
-        compute_dtype = torch.float64 if x[0].dtype == torch.float64 else torch.float32
-        all_boxes = torch.cat([b.to(compute_dtype) for b in boxes])
-        batch_of = torch.cat(
-            [torch.full((len(b),), i, dtype=torch.int64, device=x[0].device) for i, b in enumerate(boxes)]
-        )
-        sizes = [(f.shape[2], f.shape[3]) for f in x]
-        level_of = self._route(all_boxes)
-        if self.rotated:
-            levels = rotated_sample_groups(all_boxes, batch_of, level_of, sizes, self.scales,
-                                           self.output_size, self.sampling_ratio, compute_dtype)
-        elif self.sampler == "gather":  # all ROIs in one plan, no sample groups
-            return gather_roi_align_boxes(list(x), all_boxes, batch_of, level_of, self.scales,
-                                          self.output_size, self.sampling_ratio, self.aligned)
-        else:
-            levels = sample_groups(all_boxes, batch_of, level_of, sizes, self.scales,
-                                   self.output_size, self.sampling_ratio, self.aligned)
-        return _SAMPLERS[self.sampler](list(x), levels, num_rois, self.output_size, compute_dtype)
-
-    def _route(self, boxes: torch.Tensor) -> torch.Tensor:
-        """(N,) level of each of the (N, 4) boxes (or (N, 5) rotated ones, by their area
-        ``w * h``), as an index into the feature list."""
-        if len(self.scales) == 1:
-            return torch.zeros(len(boxes), dtype=torch.int64, device=boxes.device)
-        # Routed in float32 whatever the maps' dtype: Detectron2's Boxes are float32, so
-        # its rule always sees float32 coordinates (and a box on a boundary must agree).
-        return assign_boxes_to_levels(
-            boxes.float(), self.min_level, self.max_level, self.canonical_box_size, self.canonical_level
+        return torch.ops.roi_plugin.roi_align_grid_sample(
+            x, rois, self.output_size_list, self.scale_list, self.sampling_ratio, self.pooler_type,
+            float(self.canonical_box_size), self.canonical_level, self.single_thread,
         )
 
+    @torch.jit.unused
     def _roi_align_static(self, x: List[torch.Tensor], rois: torch.Tensor) -> torch.Tensor:
-        """The deployment path (:func:`.static.roi_align_levels`) with this pooler's level rule:
-        the eager samplers' values at every sampling ratio, static shapes, scriptable.
+        """The ONNX path (:func:`.static.roi_align_levels`: ``RoiAlign`` per level, static
+        shapes) with this pooler's level rule: the operator's values at every sampling ratio.
 
         Args:
             x: list of L feature maps (B, C, H_l, W_l).
             rois: (K, 5) ``batch_index, x1, y1, x2, y2`` in input-image pixels.
         """
-        if len(x) == 1:
-            level_of = torch.zeros_like(rois[:, 0], dtype=torch.int64)
-        else:  # float32 coordinates, as in _route
-            level_of = assign_boxes_to_levels(
-                rois[:, 1:].float(), self.min_level, self.max_level,
-                float(self.canonical_box_size), self.canonical_level,
-            )
+        level_of = route_boxes(rois[:, 1:], self.scales, float(self.canonical_box_size), self.canonical_level)
         return roi_align_levels(
             x, rois, level_of, self.output_size_list, self.scale_list, self.sampling_ratio, self.aligned
         )
 
+    @torch.jit.unused
     def _grid_sample_static(
         self, x: List[torch.Tensor], rois: torch.Tensor, max_grid: int = EXPORT_MAX_GRID
     ) -> torch.Tensor:
@@ -210,7 +195,8 @@ class ROIAlignPooler(nn.Module):
             (K, C, h, w) pooled features in the features' dtype.
         """
         compute_dtype = torch.float64 if x[0].dtype == torch.float64 else torch.float32
-        level_of = self._route(rois[:, 1:].to(compute_dtype))
+        level_of = route_boxes(rois[:, 1:].to(compute_dtype), self.scales, float(self.canonical_box_size),
+                               self.canonical_level)
         return grid_sample_static(x, rois, level_of, self.scales, self.output_size,
                                   self.sampling_ratio, self.aligned, max_grid)
 
@@ -271,31 +257,8 @@ class ROIAlignPooler(nn.Module):
                 raise ValueError(f"boxes of image {i} must be Nx4 (x1, y1, x2, y2), got {tuple(t.shape)}")
             if t.device != device:
                 raise ValueError(f"boxes of image {i} are on {t.device} but the features on {device}")
-            if not t.is_floating_point():
+            if t.dtype not in (torch.float32, torch.float64):  # the image index must stay exact
                 t = t.float()
-            # Value checks read data, which a trace would freeze into the graph: skipped there.
-            if not is_exporting() and t.numel():
-                if not bool(torch.isfinite(t).all()):
-                    bad = (~torch.isfinite(t)).any(dim=1).nonzero()[0, 0].item()
-                    raise ValueError(
-                        f"boxes of image {i} have non-finite coordinates (box {bad}: {t[bad].tolist()})"
-                    )
-                if rotated:
-                    negative = (t[:, 2] < 0) | (t[:, 3] < 0)
-                    if bool(negative.any()):
-                        bad = negative.nonzero()[0, 0].item()
-                        raise ValueError(
-                            f"boxes of image {i} have a negative width or height (box {bad}: "
-                            f"{t[bad].tolist()}); rotated boxes must be x_ctr, y_ctr, w, h, angle"
-                        )
-                else:
-                    inverted = (t[:, 2] < t[:, 0]) | (t[:, 3] < t[:, 1])
-                    if bool(inverted.any()):
-                        bad = inverted.nonzero()[0, 0].item()
-                        raise ValueError(
-                            f"boxes of image {i} are inverted (x2 < x1 or y2 < y1; box {bad}: "
-                            f"{t[bad].tolist()}); boxes must be x1, y1, x2, y2"
-                        )
             out.append(t)
         return out
 
