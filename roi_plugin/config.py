@@ -16,6 +16,10 @@ def add_roi_plugin_config(cfg):
     # How ROIAlign samples the features: "gather" (embedding_bag over bilinear taps; exact,
     # fastest on CPU) or "grid_sample" (F.grid_sample; exact, exports to ONNX GridSample).
     _C.MODEL.ROI_PLUGIN.SAMPLER = "gather"
+    # Run the sampler's CPU work on one intra-op thread (set around each call, then restored):
+    # on a machine where other processes take cores, every multi-threaded op waits for a
+    # descheduled thread; False keeps torch.get_num_threads() (may help on idle many-core CPUs).
+    _C.MODEL.ROI_PLUGIN.SINGLE_THREAD = True
     # Box size (input pixels) that the FPN level rule maps to CANONICAL_LEVEL (224 in the paper).
     _C.MODEL.ROI_PLUGIN.CANONICAL_BOX_SIZE = 224
     # k0 of the level rule k = clip(k0 + floor(log2(sqrt(wh) / CANONICAL_BOX_SIZE)), k_min, k_max).

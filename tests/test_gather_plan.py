@@ -131,3 +131,45 @@ def test_runs_on_one_thread_and_restores_the_callers_count(monkeypatch):
     assert seen and set(seen) == {1}
     for a, b in zip(*results):
         assert torch.equal(a, b)
+
+
+def test_single_thread_off_keeps_the_callers_threads(monkeypatch):
+    """``single_thread=False`` (``MODEL.ROI_PLUGIN.SINGLE_THREAD: False``, reaching the poolers
+    built from a cfg and converted from an ``ROIPooler``) leaves the caller's thread count to
+    the sampler's ops; the numbers are those of the single-thread default."""
+    from detectron2.modeling import build_model
+    from detectron2.modeling.poolers import ROIPooler
+
+    from roi_plugin.modeling.convert import pooler_from_roi_pooler
+    from tiny_model import tiny_cfg
+
+    heads = build_model(tiny_cfg("gather", "MODEL.ROI_PLUGIN.SINGLE_THREAD", "False")).roi_heads
+    assert not heads.box_pooler.single_thread and not heads.mask_pooler.single_thread
+    seen = []
+    embedding_bag = gather.F.embedding_bag
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return embedding_bag(*args, **kwargs)
+
+    feats = pyramid([(128, 160)], channels=8, seed=2)
+    boxes = [box_zoo(128, 160, seed=5)]
+    poolers = [ROIAlignPooler(7, SCALES, 0, "ROIAlignV2"),
+               pooler_from_roi_pooler(ROIPooler(7, SCALES, 0, "ROIAlignV2"), single_thread=False)]
+    assert poolers[0].single_thread and not poolers[1].single_thread
+    before = torch.get_num_threads()
+    results = []
+    try:
+        torch.set_num_threads(2)
+        monkeypatch.setattr(gather.F, "embedding_bag", spy)
+        for pooler in poolers:
+            seen.clear()
+            x = [f.clone().requires_grad_() for f in feats]
+            out = pooler(x, boxes)
+            out.sum().backward()
+            results.append([out] + [f.grad for f in x])
+            assert set(seen) == ({1} if pooler.single_thread else {2})
+    finally:
+        torch.set_num_threads(before)
+    for a, b in zip(*results):
+        assert torch.equal(a, b)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 # Copyright (c) roi_plugin authors. Licensed under the Apache License 2.0.
-"""Bit-for-bit comparison of the pooler (gather sampler): between two versions of the code,
-and between the ways one version runs it (eager, compiled, scripted, traced).
+"""Bit-for-bit comparison of the pooler (``--sampler``, default ``gather``): between two versions
+of the code, and between the ways one version runs it (eager, compiled, scripted, traced).
 
 A refactor or a speed-up of the pooler should leave every output and feature gradient
 unchanged to the bit. Save them with one checkout, compare with another::
@@ -34,7 +34,7 @@ from typing import Tuple
 import torch
 
 from detectron2.structures import Boxes
-from roi_plugin import ROIAlignPooler
+from roi_plugin import SAMPLERS, ROIAlignPooler
 
 SCALES = (1 / 4, 1 / 8, 1 / 16, 1 / 32)
 BORDER = [  # on the image's border, zero-size, outside, tiny
@@ -105,7 +105,7 @@ def runner(pooler, mode: str, x, bx):
     return lambda x, bx: traced(*x, *bx)
 
 
-def run_all(mode: str = "eager"):
+def run_all(mode: str = "eager", sampler: str = "gather"):
     """{case: [output, gradient of each level]} over all cases, each with 4 levels and with 1."""
     results = {}
     for name, ratio, ptype, out, b, h, w, c, dtype, n, spill, lo, hi, border in cases():
@@ -115,7 +115,7 @@ def run_all(mode: str = "eager"):
             bx = boxes(b, n, h, w, lo, hi, spill)
             if border:
                 bx = [torch.cat([bx[0], BORDER[1]]), torch.cat([bx[1], BORDER[0]])]
-            pooler = ROIAlignPooler(out, scales, ratio, ptype)
+            pooler = ROIAlignPooler(out, scales, ratio, ptype, sampler=sampler)
             y = runner(pooler, mode, x, bx)(x, bx)
             y.backward(torch.randn(y.shape, generator=torch.Generator().manual_seed(3)).to(y.dtype))
             results[name + ("-single" if single else "")] = [y.detach()] + [f.grad for f in x]
@@ -145,12 +145,13 @@ def main() -> int:
     p.add_argument("path", nargs="?", help="file of saved results (save, compare)")
     p.add_argument("--modes", nargs="*", default=list(MODES[1:]), choices=list(MODES[1:]),
                    help="with 'modes': the ways to run the pooler against eager (default: all)")
+    p.add_argument("--sampler", default="gather", choices=SAMPLERS)
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     if args.mode != "modes" and not args.path:
         p.error(f"{args.mode} needs a path")
     torch.set_num_threads(args.threads)
-    results = run_all()
+    results = run_all(sampler=args.sampler)
     if args.mode == "save":
         torch.save(results, args.path)
         print(f"saved {len(results)} cases to {args.path}")
@@ -164,7 +165,7 @@ def main() -> int:
         failed |= bool(bad)
     if args.mode == "modes":
         for mode in args.modes:
-            bad, nz = differences(run_all(mode), results)
+            bad, nz = differences(run_all(mode, args.sampler), results)
             print(f"{mode} vs eager: compared {len(results)} cases: "
                   f"{'all bit-identical' if not bad and not nz else f'{bad + nz} tensors differ'}", flush=True)
             failed |= bool(bad or nz)

@@ -114,7 +114,8 @@ def grid_sample_roi_align_backward(
     grads = [None] * len(sizes)
     for level, sets, dest in per_level:
         bsz, _, h, w = sizes[level]
-        for call in _grid_sample_calls(sets, bsz * h * w):
+        # Last call first: the order in which autograd summed them (bit-identical gradients).
+        for call in reversed(_grid_sample_calls(sets, bsz * h * w)):
             layout = _units_layout(bsz, [sets[i] for i in call], compute_dtype, grad.device)
             unit_grads = []
             for k, n, bins in (dest[i] for i in call):

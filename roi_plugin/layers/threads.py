@@ -1,5 +1,5 @@
 # Copyright (c) roi_plugin authors. Licensed under the Apache License 2.0.
-"""Threads: the gather sampler runs its CPU ops on one intra-op thread.
+"""Threads: the samplers run their CPU ops on one intra-op thread (by default).
 
 Why. A pooler call is a few hundred tensor ops (the plan: index arithmetic over taps;
 then per channel chunk a table copy, an ``embedding_bag`` and a copy into the output).
@@ -17,7 +17,11 @@ condition).
 
 The scope sets ``torch.set_num_threads(1)`` around the sampler's ops on the calling
 thread and restores the caller's count on exit (also on error); CUDA tensors are left
-alone.
+alone. It is process-wide state while it runs (``set_num_threads`` also sets MKL's count),
+so it is a visible choice: ``ROIAlignPooler(single_thread=True)`` (the default) and
+``MODEL.ROI_PLUGIN.SINGLE_THREAD``. The operators of :mod:`.roi_align_ops` apply it around
+each forward and backward call, eager, compiled or scripted alike; ``single_thread=False``
+leaves the caller's count (an idle machine with many cores may gain from it).
 """
 import contextlib
 

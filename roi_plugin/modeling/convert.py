@@ -20,7 +20,7 @@ from .predictor import FastRCNNPredictor
 __all__ = ["pooler_from_roi_pooler", "predictor_from_output_layers", "to_plugin_pooler", "to_plugin_predictor"]
 
 
-def pooler_from_roi_pooler(pooler: ROIPooler, sampler: str = "gather") -> ROIAlignPooler:
+def pooler_from_roi_pooler(pooler: ROIPooler, sampler: str = "gather", single_thread: bool = True) -> ROIAlignPooler:
     """An :class:`ROIAlignPooler` with the output size, scales, sampling ratio, ROIAlign mode and
     level rule of Detectron2's ``pooler``.
 
@@ -44,6 +44,7 @@ def pooler_from_roi_pooler(pooler: ROIPooler, sampler: str = "gather") -> ROIAli
         canonical_box_size=pooler.canonical_box_size,
         canonical_level=pooler.canonical_level,
         sampler=sampler,
+        single_thread=single_thread,
     )
 
 

@@ -64,6 +64,7 @@ def build_plugin_pooler(cfg, head_cfg, input_shape, sampler: str) -> ROIAlignPoo
         canonical_box_size=plugin.CANONICAL_BOX_SIZE,
         canonical_level=plugin.CANONICAL_LEVEL,
         sampler=sampler,
+        single_thread=plugin.SINGLE_THREAD,
     )
 
 
