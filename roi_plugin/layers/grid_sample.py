@@ -11,8 +11,12 @@ Samples outside the map and past an ROI's grid are zeroed by their weight (valid
     bin = sum over its samples s of  w_s * grid_sample(feature, point_s)
 
 The sample points of all ROIs of all images of a level (any adaptive grid sizes) go
-through one ``grid_sample`` call (a few for many ROIs, to bound memory). ``GridSample`` is a
-standard ONNX operator, so this formulation is also the export path's (:mod:`.static`).
+through one ``grid_sample`` call (a few for many ROIs, to bound memory). The backward
+(:func:`grid_sample_roi_align_backward`) runs each step transposed, the reads through
+``grid_sample``'s own backward kernel, from the same layout rebuilt from the boxes: these are
+the operators ``roi_plugin::roi_align_grid_sample[_backward]`` (:mod:`.roi_align_ops`).
+``GridSample`` is a standard ONNX operator, so this formulation is also the export path's
+(:mod:`.static`).
 """
 import math
 from typing import List, NamedTuple, Sequence, Tuple
@@ -26,7 +30,7 @@ __all__ = ["grid_sample_roi_align", "grid_sample_roi_align_backward"]
 
 
 def _group_points(group: SampleGroup, h: int, w: int, ph: int, pw: int):
-    """A sample group as sampling units ``(b, gy, gx, vy, vx)`` (see :func:`_grid_sample_units`)
+    """A sample group as sampling units ``(b, gy, gx, vy, vx)`` (see :func:`_units_layout`)
     and the bins they fill (None: all bins of all ROIs, in order)."""
     ys, xs = group.ys, group.xs
     # Normalised coordinates for align_corners=False: pixel centre i <-> (2i+1)/size - 1.
