@@ -34,6 +34,7 @@ Usage::
     python tools/benchmark.py --profile gather:train_r2:fwd+bwd --condition busy   # a profile
 """
 import argparse
+import copy
 import gc
 import math
 import os
@@ -50,9 +51,12 @@ import torch.nn.functional as F
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCALES = (1 / 4, 1 / 8, 1 / 16, 1 / 32)
 IMPLS = ("detectron2", "gather", "grid_sample")
+WITH_COMPILED = ("detectron2", "gather", "gather_compiled", "grid_sample")  # + the compiled pooler
 IMPL_NAMES = {
     "detectron2": "Detectron2 `ROIPooler`",
     "gather": "plugin, `gather` sampler (default)",
+    "gather_compiled": "plugin, `gather` sampler, `torch.compile` (inductor)",
+    "gather_plan": "plugin, `gather` plan alone (what the backward operator rebuilds)",
     "grid_sample": "plugin, `grid_sample` sampler",
     "notebook": "notebook design (per-ROI `expand` + `grid_sample`)",
 }
@@ -114,9 +118,10 @@ class Case(NamedTuple):
 def pooler_cases(quick: bool) -> List[Case]:
     scale = 4 if quick else 1
     return [
-        Case("train_r0", "training, box 7x7, sampling ratio 0", 7, 512 // scale, 0, ("fwd", "fwd+bwd")),
+        Case("train_r0", "training, box 7x7, sampling ratio 0", 7, 512 // scale, 0, ("fwd", "fwd+bwd"),
+             WITH_COMPILED + ("gather_plan",)),
         Case("train_r2", "training, box 7x7, sampling ratio 2", 7, 512 // scale, 2, ("fwd", "fwd+bwd")),
-        Case("infer_r0", "inference, box 7x7, ratio 0, no grad", 7, 1000 // scale, 0, ("infer",)),
+        Case("infer_r0", "inference, box 7x7, ratio 0, no grad", 7, 1000 // scale, 0, ("infer",), WITH_COMPILED),
         Case("mask_r0", "training, mask 14x14, ratio 0", 14, 64 // scale, 0, ("fwd", "fwd+bwd")),
         Case(
             "notebook", "training, box 7x7, ratio 2, few ROIs", 7, 16 // scale, 2, ("fwd+bwd",),
@@ -200,6 +205,9 @@ def build_pooler(impl: str, case: Case, image_hw):
         return NotebookPooler(case.output, case.ratio, image_hw)
     from roi_plugin import ROIAlignPooler
 
+    if impl == "gather_compiled":  # default settings; compiled in the warm-up calls
+        torch._dynamo.reset()  # a fresh cache per case: no recompile limit across cases
+        return torch.compile(ROIAlignPooler(case.output, SCALES, case.ratio, "ROIAlignV2"))
     return ROIAlignPooler(case.output, SCALES, case.ratio, "ROIAlignV2", sampler=impl)
 
 
@@ -210,6 +218,20 @@ def make_step(impl: str, case: Case, mode: str, quick: bool, device: str) -> Cal
     height, width = image_size(quick)
     feats = make_features(2, height, width, device)
     boxes = make_boxes(2, case.rois, height, width, device)
+    if impl == "gather_plan":  # routing and the plan of the gather operator, on its one thread
+        from roi_plugin.layers import roi_align_ops as ops
+        from roi_plugin.layers.threads import single_threaded
+
+        rois = build_pooler("gather", case, (height, width))._rois(boxes, feats[0])
+        out_hw, sizes = (case.output, case.output), [f.shape for f in feats]
+
+        def plan_step():
+            with single_threaded(rois.device):
+                r = ops._prepare(rois, 2, feats[0].dtype, SCALES, "ROIAlignV2", 224.0, 4, check=False)
+                ops._gather_plan(r, sizes, SCALES, out_hw, case.ratio, "ROIAlignV2")
+
+        plan_step.feats = feats
+        return plan_step
     pooler = build_pooler(impl, case, (height, width)).to(device)
     box_arg = [Boxes(b) for b in boxes] if impl == "detectron2" else boxes
     if mode != "infer":
@@ -398,9 +420,15 @@ def model_bench(case: ModelCase, quick: bool, device: str, reps: int):
                 model(infer_in)
         return step
 
-    train = interleaved({"builtin": train_step(builtin), "plugin": train_step(plugin)}, reps, 1, device)
+    # The plugin model with torch.compile(model.roi_heads) (default settings, compiled in the warm-up).
+    torch._dynamo.reset()
+    compiled = copy.deepcopy(plugin)
+    compiled.roi_heads = torch.compile(compiled.roi_heads)
+    train = interleaved({"builtin": train_step(builtin), "plugin": train_step(plugin),
+                         "plugin_compiled": train_step(compiled)}, reps, 1, device)
     print(f"[model] {case.title}: inference", file=sys.stderr, flush=True)
-    infer = interleaved({"builtin": infer_step(builtin), "plugin": infer_step(plugin)}, reps, 1, device)
+    infer = interleaved({"builtin": infer_step(builtin), "plugin": infer_step(plugin),
+                         "plugin_compiled": infer_step(compiled)}, reps, 1, device)
     return {f"train ({case.train_batch} images, fwd+bwd)": train, "inference (1 image)": infer}
 
 
@@ -546,6 +574,9 @@ def model_section(args, cond: Condition, mcase: ModelCase, headline: Dict) -> Li
         r = ratio(t["plugin"], t["builtin"])
         md.append(f"| {name} | {fmt_t(t['builtin'])} | {fmt_t(t['plugin'])} | {r:.2f}x |")
         headline[(cond.name, "model", mcase.config, name.split(" ")[0])] = (r, None)
+        rc = ratio(t["plugin_compiled"], t["builtin"])
+        md.append(f"| {name}, plugin `torch.compile(model.roi_heads)` | {fmt_t(t['builtin'])} | "
+                  f"{fmt_t(t['plugin_compiled'])} | {rc:.2f}x |")
     return md
 
 
@@ -601,6 +632,8 @@ def run(args) -> str:
            else "(growth of the resident-set high-water mark, `/proc/self/status` VmHWM after `clear_refs`, "
                 "with a fixed glibc mmap threshold so freed blocks leave the resident set)"),
         "- the `grid_sample` sampler and the notebook design are measured in the idle condition only",
+        "- `torch.compile` rows: default settings (inductor), compiled during the warm-up calls; the "
+        "pooler compiled alone, the whole model with `model.roi_heads` compiled",
         "",
     ]
     headline: Dict = {}
@@ -611,6 +644,8 @@ def run(args) -> str:
             body = ["", f"## {cond.title}", "", "### Pooler", ""] + pooler_section(args, cond, headline)
             if not args.no_model:
                 for mcase in MODEL_CASES:
+                    if args.models and os.path.basename(os.path.dirname(mcase.config)) not in args.models:
+                        continue
                     if mcase.image_hw[0] > 400 and cond.name != "idle":
                         continue  # R50 at 800x1216: idle condition only (minutes per condition)
                     body += ["", f"### Whole model: {mcase.title}", ""] + model_section(args, cond, mcase, headline)
@@ -671,6 +706,8 @@ def main():
     parser.add_argument("--cases", nargs="*", help="only these pooler cases (train_r0 train_r2 infer_r0 mask_r0 notebook)")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
     parser.add_argument("--no-model", action="store_true", help="skip the whole-model benchmark")
+    parser.add_argument("--models", nargs="*", choices=["configs", "shapes"],
+                        help="only these whole models: configs (R50-FPN), shapes (the demo's R18-FPN)")
     parser.add_argument("--out", default=None, help="markdown file to write (default BENCHMARKS.md; "
                         "--quick writes none unless given)")
     parser.add_argument("--gpu-note", default="No GPU was available to this run, so there is no GPU section; "
