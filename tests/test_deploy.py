@@ -169,6 +169,9 @@ def test_pooler_script_equals_eager(pooler_type):
     grad = torch.randn(ref.shape, generator=torch.Generator().manual_seed(0))
     for a, b in zip(torch.autograd.grad(got, feats, grad), torch.autograd.grad(ref, feats, grad)):
         assert torch.equal(a, b)
+    boxes[0][3, 3] = float("nan")  # the operator's check, inside TorchScript's error
+    with pytest.raises(RuntimeError, match=r"boxes of image 0 have non-finite coordinates \(box 3"):
+        scripted(feats, [Boxes(b) for b in boxes])
 
 
 @pytest.mark.parametrize("builtin", [False, True], ids=["plugin", "builtin"])
@@ -275,14 +278,22 @@ def test_compile_pooler_training_equals_eager():
     counters.clear()
     compiled = torch.compile(_ListCall(pooler), dynamic=True)
     feats = [f.requires_grad_() for f in pyramid(2, 64, 64, channels=4)]
+    # boxes of side 112 and 224 px lie on level boundaries (P2/P3, P3/P4): routed inside the
+    # operator, as eagerly
+    on_boundary = torch.tensor([[3.0, 5.0, 115.0, 117.0], [-80.0, -90.0, 144.0, 134.0]])
     for k in range(2):
-        boxes = [random_boxes(5 + 2 * k, 64, 64, 2 * k, max_side=90), random_boxes(6, 64, 64, 2 * k + 1)]
+        boxes = [torch.cat([random_boxes(5 + 2 * k, 64, 64, 2 * k, max_side=90), on_boundary]),
+                 random_boxes(6, 64, 64, 2 * k + 1)]
         got, ref = compiled(*feats, *boxes), pooler(feats, boxes)
         assert torch.equal(got, ref)
         grad = torch.randn(ref.shape, generator=torch.Generator().manual_seed(k))
         for a, b in zip(torch.autograd.grad(got, feats, grad), torch.autograd.grad(ref, feats, grad)):
             assert torch.equal(a, b)
     assert counters["stats"]["unique_graphs"] == 1 and not counters["graph_break"], dict(counters["graph_break"])
+    # the box checks run inside the operator: the eager error, from the compiled graph
+    boxes[1][2] = torch.tensor([40.0, 9.0, 20.0, 30.0])
+    with pytest.raises(ValueError, match=r"boxes of image 1 are inverted .*box 2: \[40.0, 9.0, 20.0, 30.0\]"):
+        compiled(*feats, *boxes)
 
 
 def test_compile_roi_heads_matches_eager():

@@ -211,6 +211,25 @@ def test_clear_error(case, sampler):
         ROIAlignPooler(7, SCALES, 0, "ROIAlignV2", sampler=sampler)(feats, boxes)
 
 
+@pytest.mark.parametrize("sampler", SAMPLERS)
+@pytest.mark.parametrize(
+    "rois, match",
+    [
+        (torch.tensor([[0.0, 1, 2, 30, 40], [2, 1, 2, 30, 40]]), r"rois\[1, 0\] = 2.0 is not the index of an image"),
+        (torch.tensor([[0.5, 1, 2, 30, 40]]), r"rois\[0, 0\] = 0.5 is not the index"),
+        (torch.tensor([[-1.0, 1, 2, 30, 40]]), r"rois\[0, 0\] = -1.0"),
+        (torch.tensor([[0.0, 1, 2, 30, 40], [1, 1, 2, 30, 40], [1, 9, 2, 3, 40]]), r"image 1 are inverted.*box 1:"),
+        (torch.tensor([[1.0, 2, 30, 40]]), r"rois must be \(K, 5\)"),
+    ],
+)
+def test_rois_checked_inside_the_operator(sampler, rois, match):
+    """The (K, 5) entry (``pool_rois``, the export wrappers, ``torch.ops.roi_plugin.*``) checks
+    the image index and the boxes inside the operator; the box index is within its image."""
+    pooler = ROIAlignPooler(7, SCALES, 0, "ROIAlignV2", sampler=sampler)
+    with pytest.raises(ValueError, match=match):
+        pooler.pool_rois(pyramid(), rois)
+
+
 # --------------------------------------------------------------------- level boundaries
 def boundary_boxes():
     """Square boxes whose side is within 1e-4 px of a level boundary (224 * 2^k), at offsets
