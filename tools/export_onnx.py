@@ -153,8 +153,9 @@ def main(argv=None) -> dict:
         rois2 = random_rois(3, args.num_rois + 5, h2, w2, seed=1)
         feed = {f"feature{i}": f.numpy() for i, f in enumerate(feats2)}
         feed["rois"] = rois2.numpy()
-        # The reference is the eager model, the heads' own pooler with its samplers: what a
-        # user runs. The PyTorch static path the graph was traced from is printed alongside.
+        # The reference is the eager model, the heads' own pooler with its operator: what a
+        # user runs. The exported wrapper run in PyTorch is printed alongside (the operator for
+        # --pooler-export roi_align; GridSample's static path, capped, for grid_sample).
         box_lists = [rois2[rois2[:, 0] == i, 1:] for i in range(3)]
         with torch.no_grad():
             pooled = heads.box_pooler(feats2, box_lists)
@@ -177,8 +178,8 @@ def main(argv=None) -> dict:
             ok = diff_eager <= args.tolerance
             print(
                 f"{name}: onnxruntime vs eager PyTorch max relative diff {diff_eager:.2e} "
-                f"({'within' if ok else 'EXCEEDS'} --tolerance {args.tolerance:g}); vs the traced "
-                f"static path {diff:.2e}; {len(rois2)} ROIs, 3 images of {h2}x{w2}"
+                f"({'within' if ok else 'EXCEEDS'} --tolerance {args.tolerance:g}); vs the exported "
+                f"wrapper in PyTorch {diff:.2e}; {len(rois2)} ROIs, 3 images of {h2}x{w2}"
             )
             if not ok:
                 failed.append(f"{name} {diff_eager:.2e}")

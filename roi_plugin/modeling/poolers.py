@@ -184,7 +184,7 @@ class ROIAlignPooler(nn.Module):
     def _grid_sample_static(
         self, x: List[torch.Tensor], rois: torch.Tensor, max_grid: int = EXPORT_MAX_GRID
     ) -> torch.Tensor:
-        """The static-shape path (:func:`.static.grid_sample_static`) for tracing and ONNX.
+        """The ``GridSample``-only ONNX path (:func:`.static.grid_sample_static`), static shapes.
 
         Args:
             x: list of L feature maps (B, C, H_l, W_l).
