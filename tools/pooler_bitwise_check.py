@@ -1,6 +1,7 @@
 #!/usr/bin/env python
 # Copyright (c) roi_plugin authors. Licensed under the Apache License 2.0.
-"""Bit-for-bit comparison of the pooler (gather sampler) between two versions of the code.
+"""Bit-for-bit comparison of the pooler (both samplers, upright and rotated boxes) between two
+versions of the code.
 
 A refactor or a speed-up of the pooler should leave every output and feature gradient
 unchanged to the bit. Save them with one checkout, compare with another::
@@ -9,9 +10,11 @@ unchanged to the bit. Save them with one checkout, compare with another::
     PYTHONPATH=/tmp/base python tools/pooler_bitwise_check.py save /tmp/base.pt
     python tools/pooler_bitwise_check.py compare /tmp/base.pt     # exit 1 on any difference
 
-62 cases: sampling ratios 0-3, ROIAlign and ROIAlignV2, outputs 7, 14 and (7, 5), four-level
-and single-level poolers, float64, half and bfloat16 maps, boxes crossing and spilling over the
-border, tiny and zero-size boxes, a few and 600 ROIs. Boxes of ~1e6 px are left out: up to
+For each sampler (``gather``, ``grid_sample``), 62 upright cases: sampling ratios 0-3, ROIAlign
+and ROIAlignV2, outputs 7, 14 and (7, 5), four-level and single-level poolers, float64, half and
+bfloat16 maps, boxes crossing and spilling over the border, tiny and zero-size boxes, a few and
+600 ROIs; and 8 rotated cases (``ROIAlignRotated``: ratios 0 and 2, outputs 7 and 14, angles
+from -180 to 180 degrees, centres spilling over the border). Boxes of ~1e6 px are left out: up to
 3d9ac33 such a box switched its whole grid-size group to float64 coordinates, so other ROIs of
 the group differed from torchvision by rounding (and one legacy border box by 0.6).
 """
@@ -21,7 +24,7 @@ import sys
 
 import torch
 
-from roi_plugin import ROIAlignPooler
+from roi_plugin import SAMPLERS, ROIAlignPooler
 
 SCALES = (1 / 4, 1 / 8, 1 / 16, 1 / 32)
 BORDER = [  # on the image's border, zero-size, outside, tiny
@@ -64,19 +67,47 @@ def cases():
     yield ("many", 0, "ROIAlignV2", 7, 2, 400, 608, 32, torch.float32, 300, 0.0, 16, 800, False)
 
 
+def rotated(upright):
+    """Rotated boxes (x_ctr, y_ctr, w, h, angle) with the centres and sides of ``upright``."""
+    g = torch.Generator().manual_seed(2)
+    out = []
+    for b in upright:
+        angle = torch.rand(len(b), generator=g) * 360 - 180
+        out.append(torch.stack([(b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2, b[:, 2] - b[:, 0],
+                                b[:, 3] - b[:, 1], angle], 1))
+    return out
+
+
+def rotated_cases():
+    """As :func:`cases`, for ``ROIAlignRotated``."""
+    for ratio in (0, 2):
+        for out in (7, 14):
+            yield (f"rot-r{ratio}-{out}", ratio, "ROIAlignRotated", out, 2, 192, 256, 8, torch.float32, 30, 0.2, 2, 500, False)
+
+
+def pool(sampler, ratio, ptype, out, scales, x, bx):
+    """Output and feature gradients of one pooler call."""
+    y = ROIAlignPooler(out, scales, ratio, ptype, sampler=sampler)(x, bx)
+    y.backward(torch.randn(y.shape, generator=torch.Generator().manual_seed(3)).to(y.dtype))
+    return [y.detach()] + [f.grad for f in x]
+
+
 def run_all():
-    """{case: [output, gradient of each level]} over all cases, each with 4 levels and with 1."""
+    """{case: [output, gradient of each level]} over all cases and both samplers, each with 4
+    levels and with 1."""
     results = {}
-    for name, ratio, ptype, out, b, h, w, c, dtype, n, spill, lo, hi, border in cases():
-        for single in (False, True):
-            scales = SCALES[2:3] if single else SCALES
-            x = [f.requires_grad_() for f in features(b, h, w, c, dtype, scales)]
-            bx = boxes(b, n, h, w, lo, hi, spill)
-            if border:
-                bx = [torch.cat([bx[0], BORDER[1]]), torch.cat([bx[1], BORDER[0]])]
-            y = ROIAlignPooler(out, scales, ratio, ptype)(x, bx)
-            y.backward(torch.randn(y.shape, generator=torch.Generator().manual_seed(3)).to(y.dtype))
-            results[name + ("-single" if single else "")] = [y.detach()] + [f.grad for f in x]
+    for sampler in SAMPLERS:
+        for name, ratio, ptype, out, b, h, w, c, dtype, n, spill, lo, hi, border in (*cases(), *rotated_cases()):
+            for single in (False, True):
+                scales = SCALES[2:3] if single else SCALES
+                x = [f.requires_grad_() for f in features(b, h, w, c, dtype, scales)]
+                bx = boxes(b, n, h, w, lo, hi, spill)
+                if border:
+                    bx = [torch.cat([bx[0], BORDER[1]]), torch.cat([bx[1], BORDER[0]])]
+                if ptype == "ROIAlignRotated":
+                    bx = rotated(bx)
+                key = f"{sampler}-{name}" + ("-single" if single else "")
+                results[key] = pool(sampler, ratio, ptype, out, scales, x, bx)
     return results
 
 
