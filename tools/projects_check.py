@@ -9,7 +9,8 @@ The models run on the *installed* detectron2 (pure Python): the projects' own fo
 (DensePose, TridentNet, PointSup) go on ``sys.path``, never ``DIR`` itself; PointRend's code is
 the installed ``detectron2.projects.point_rend`` (as its own ``train_net.py`` imports it),
 compared file by file with ``DIR/projects/PointRend/point_rend`` in the header. DensePose needs
-``av`` and ``scipy`` from the package index.
+``av`` and ``scipy`` from the package index; ViTDet and MViTv2 need ``timm`` (Detectron2's
+``ViT`` / ``MViT`` import its ``DropPath`` and ``Mlp``).
 
 Each config is loaded as the project's ``train_net.py`` loads it (its ``add_*_config``), shrunk
 for CPU (``checking.shrink(tiny=True)`` / ``checking.shrink_lazy``) and converted by the route a
@@ -205,7 +206,8 @@ def header(args, src):
         f"{detectron2.__version__} ({compiled}). PointRend's code is the installed "
         f"`detectron2.projects.point_rend`, which its `train_net.py` imports: "
         + ("identical to the repository's `projects/PointRend/point_rend`." if same else
-           "**differs from the repository's `projects/PointRend/point_rend`**."),
+           "**differs from the repository's `projects/PointRend/point_rend`**.")
+        + " Extra packages: `av`, `scipy` (DensePose), `timm` (ViTDet, MViTv2).",
         "",
         "Route: YACS configs `MODEL.META_ARCHITECTURE: ROIPluginModel` (nothing else for `gather`; "
         "`grid_sample` also sets `MODEL.ROI_PLUGIN.SAMPLER`); LazyConfigs end with "

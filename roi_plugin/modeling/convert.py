@@ -27,7 +27,13 @@ dtype and ``requires_grad`` are those of the old ones.
 
 Every route uses it: the plugin ROI heads convert themselves after Detectron2's ``__init__``
 (:mod:`.roi_heads`), ``MODEL.META_ARCHITECTURE: "ROIPluginModel"`` converts the whole model
-(:mod:`.meta_arch`), and a LazyConfig ends with ``model = L(convert_model)(model=model)``.
+(:mod:`.meta_arch`), and a LazyConfig of any model ends with one line::
+
+    model = L(convert_model)(model=model, sampler="gather")
+
+after which command-line overrides of the model go under ``model.model.`` (e.g.
+``model.model.roi_heads.num_classes=3``); an old ``model.roi_heads...`` path is not ignored:
+``instantiate`` raises ``TypeError`` (``convert_model`` takes no such keyword).
 :func:`apply_plugin_keys` applies the ``MODEL.ROI_PLUGIN`` keys Detectron2's builders do not
 know to freshly built modules, for the two cfg routes.
 """

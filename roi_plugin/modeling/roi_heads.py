@@ -51,7 +51,8 @@ __all__ = [
 
 
 def build_plugin_pooler(cfg, head_cfg, input_shape, sampler: str) -> ROIAlignPooler:
-    """An :class:`ROIAlignPooler` configured like Detectron2 would configure its ``ROIPooler``.
+    """An :class:`ROIAlignPooler` configured like Detectron2 would configure its ``ROIPooler``,
+    for heads written by hand (the plugin heads convert the ``ROIPooler`` Detectron2 builds).
 
     Args:
         head_cfg: ``cfg.MODEL.ROI_BOX_HEAD``, ``ROI_MASK_HEAD`` or ``ROI_KEYPOINT_HEAD``.
