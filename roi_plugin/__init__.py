@@ -3,7 +3,9 @@
 
 Importing this package registers ``PluginROIHeads``, ``GridSampleROIHeads``,
 ``PluginCascadeROIHeads``, ``PluginRes5ROIHeads`` and ``PluginRROIHeads`` (rotated boxes) in
-``ROI_HEADS_REGISTRY`` and ``TwoMLPHead`` in ``ROI_BOX_HEAD_REGISTRY``. It also defines the
+``ROI_HEADS_REGISTRY``, ``TwoMLPHead`` in ``ROI_BOX_HEAD_REGISTRY`` and ``ROIPluginModel`` (any
+meta-architecture, converted) in ``META_ARCH_REGISTRY``. ``convert_model(model)`` converts any
+built model: every Detectron2 ``ROIPooler`` and plain Fast R-CNN predictor becomes roi_plugin's. It also defines the
 operators ``detectron2::box_iou_rotated`` / ``detectron2::nms_rotated`` in pure PyTorch where
 Detectron2 has no compiled ``_C`` (see ``roi_plugin/layers/rotated_ops.py``).
 
@@ -16,7 +18,7 @@ from .layers import assign_boxes_to_levels
 from .layers.rotated_ops import register_rotated_ops
 
 register_rotated_ops()  # no-op where detectron2's compiled _C provides the operators
-from .modeling import (  # noqa: E402  (importing it registers the heads and the box head)
+from .modeling import (  # noqa: E402  (importing it registers the heads, box head, meta-architecture)
     PLUGIN_HEADS,
     SAMPLERS,
     FastRCNNPredictor,
@@ -30,6 +32,8 @@ from .modeling import (  # noqa: E402  (importing it registers the heads and the
     RotatedFastRCNNPredictor,
     TwoMLPHead,
     build_plugin_pooler,
+    convert_model,
+    plan_conversion,
     pooler_from_roi_pooler,
     predictor_from_output_layers,
 )
@@ -56,4 +60,6 @@ __all__ = [
     "pooler_from_roi_pooler",
     "predictor_from_output_layers",
     "roi_plugin_cfg",
+    "convert_model",
+    "plan_conversion",
 ]

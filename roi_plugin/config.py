@@ -28,6 +28,8 @@ def add_roi_plugin_config(cfg):
     _C.MODEL.ROI_PLUGIN.CLS_SCORE_INIT_STD = 0.01
     # Std of the normal init of the predictor's box-regression layer (bias 0).
     _C.MODEL.ROI_PLUGIN.BBOX_PRED_INIT_STD = 0.001
+    # With MODEL.META_ARCHITECTURE "ROIPluginModel": the meta-architecture built, then converted.
+    _C.MODEL.ROI_PLUGIN.META_ARCHITECTURE = "GeneralizedRCNN"
 
 
 def roi_plugin_cfg(cfg) -> CN:

@@ -4,10 +4,14 @@
 """Detectron2's own tests of ``nms_rotated`` / ``batched_nms_rotated``, run against roi_plugin's
 pure-PyTorch ``detectron2::nms_rotated`` operator (roi_plugin/layers/rotated_ops.py).
 
-Ported from detectron2 (tests/layers/test_nms_rotated.py). Changes: ``import roi_plugin``
-(which registers the operator where detectron2 has no compiled _C); a fixed RNG seed per test
-(the original draws unseeded boxes); the CUDA-only tests are kept and still skip without CUDA.
-The test bodies and tolerances are detectron2's.
+Ported from detectron2 (tests/layers/test_nms_rotated.py). Changes: ``nms_rotated`` is the
+pure-PyTorch operator's function (``roi_plugin.layers.rotated_ops.nms_rotated``), called
+directly, so that it is the one tested even where a compiled detectron2 keeps its own kernel;
+``batched_nms_rotated`` and the scripting tests go through detectron2's API and so reach
+whichever ``torch.ops.detectron2.nms_rotated`` is registered (roi_plugin's without _C,
+detectron2's with it); a fixed RNG seed per test (the original draws unseeded boxes); the
+CUDA-only tests are kept and still skip without CUDA. The test bodies and tolerances are
+detectron2's.
 """
 from __future__ import absolute_import, division, print_function, unicode_literals
 import numpy as np
@@ -16,10 +20,12 @@ from copy import deepcopy
 import torch
 from torchvision import ops
 
-from detectron2.layers import batched_nms, batched_nms_rotated, nms_rotated
+import detectron2.layers
+from detectron2.layers import batched_nms, batched_nms_rotated
 from detectron2.utils.testing import random_boxes
 
 import roi_plugin  # noqa: F401  (registers detectron2::nms_rotated where _C is missing)
+from roi_plugin.layers.rotated_ops import nms_rotated  # the pure-PyTorch operator's function
 
 
 def nms_edit_distance(keep1, keep2):
@@ -169,7 +175,7 @@ class TestScriptable(unittest.TestCase):
     def setUp(self):
         class TestingModule(torch.nn.Module):
             def forward(self, boxes, scores, threshold):
-                return nms_rotated(boxes, scores, threshold)
+                return detectron2.layers.nms_rotated(boxes, scores, threshold)
 
         self.module = TestingModule()
 

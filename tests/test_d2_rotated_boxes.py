@@ -5,8 +5,11 @@
 ``pairwise_iou``), run against roi_plugin's pure-PyTorch ``detectron2::box_iou_rotated``
 operator (roi_plugin/layers/rotated_ops.py).
 
-Ported from detectron2 (tests/structures/test_rotated_boxes.py). Changes: ``import roi_plugin``
-(which registers the operator where detectron2 has no compiled _C); only the tests that call
+Ported from detectron2 (tests/structures/test_rotated_boxes.py). Changes: ``pairwise_iou_rotated``
+is the pure-PyTorch operator's function (``roi_plugin.layers.rotated_ops.box_iou_rotated``) and
+``pairwise_iou`` of two ``RotatedBoxes`` calls it on their tensors (as detectron2's does through
+``torch.ops``), so that it is the one tested even where a compiled detectron2 keeps its own
+kernel; only the tests that call
 the operator are kept (``TestRotatedBoxesLayer`` whole, and the ``test_pairwise_iou_*`` tests of
 ``TestRotatedBoxesStructure``); clip/normalize/cat/scripting tests and the benchmark, which do not
 touch the operator, are left out. CUDA parts are kept and skip without CUDA. Test bodies and
@@ -17,10 +20,14 @@ import math
 import unittest
 import torch
 
-from detectron2.layers.rotated_boxes import pairwise_iou_rotated
-from detectron2.structures.rotated_boxes import RotatedBoxes, pairwise_iou
+from detectron2.structures.rotated_boxes import RotatedBoxes
 
-import roi_plugin  # noqa: F401  (registers detectron2::box_iou_rotated where _C is missing)
+from roi_plugin.layers.rotated_ops import box_iou_rotated as pairwise_iou_rotated  # the pure operator's function
+
+
+def pairwise_iou(boxes1: RotatedBoxes, boxes2: RotatedBoxes) -> torch.Tensor:
+    """detectron2.structures.rotated_boxes.pairwise_iou with the pure-PyTorch operator."""
+    return pairwise_iou_rotated(boxes1.tensor, boxes2.tensor)
 
 
 class TestRotatedBoxesLayer(unittest.TestCase):

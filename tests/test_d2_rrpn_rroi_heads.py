@@ -5,17 +5,19 @@
 """Detectron2's own regression tests of the rotated detector (RRPN, RROIHeads), with the losses
 and proposals detectron2 recorded, run on a pure-Python detectron2 with roi_plugin's
 ``detectron2::box_iou_rotated`` / ``detectron2::nms_rotated`` (anchor and proposal matching,
-proposal NMS).
+proposal NMS), and on a compiled detectron2 with its own kernels.
 
-Ported from detectron2. Changes: ``import roi_plugin`` (registers the operators); in
-``test_rroi_heads`` the ``ROIAlignRotated`` module inside detectron2's ``ROIPooler``, which needs
-the compiled _C, is replaced (in this test's model instance only) by the float64 transcription of
-its CPU kernel (tests/rotated_reference.py), cast back to float32; ``test_rroi_heads`` compares
-the ROI-head losses only, the RPN losses differing by float32 tie-breaking in the compiled IoU
-kernel (explained in the test), and checks those exact ties instead. Test bodies, seeds,
-expected values and tolerances are otherwise detectron2's. ``test_rroi_heads_on_plugin`` runs
-``test_rroi_heads`` on ``PluginRROIHeads`` (both samplers) with the built-in heads' weights
-loaded strictly, against the same recorded ROI-head losses.
+Ported from detectron2. Changes: ``import roi_plugin`` (registers the operators where
+detectron2 has no compiled _C). In ``test_rroi_heads``, without _C: the ``ROIAlignRotated``
+module inside detectron2's ``ROIPooler``, which needs the compiled _C, is replaced (in this
+test's model instance only) by the float64 transcription of its CPU kernel
+(tests/rotated_reference.py), cast back to float32, and only the ROI-head losses are compared,
+the RPN losses differing by float32 tie-breaking in the compiled IoU kernel (explained in the
+test); with _C the test is detectron2's, all four losses. Either way it also checks the
+pure-PyTorch IoU's exact ties on that input. Test bodies, seeds, expected values and tolerances
+are otherwise detectron2's. ``test_rroi_heads_on_plugin`` runs ``test_rroi_heads`` on
+``PluginRROIHeads`` (both samplers) with the built-in heads' weights loaded strictly, against
+the same recorded ROI-head losses.
 """
 import logging
 import unittest
@@ -30,7 +32,8 @@ from detectron2.structures import ImageList, Instances, RotatedBoxes
 from detectron2.utils.events import EventStorage
 
 import roi_plugin  # noqa: F401  (registers detectron2::box_iou_rotated / nms_rotated)
-from rotated_reference import reference_level_pooler
+from roi_plugin.layers.rotated_ops import box_iou_rotated
+from rotated_reference import detectron2_compiled, reference_level_pooler
 
 logger = logging.getLogger(__name__)
 
@@ -150,9 +153,11 @@ class RROIHeadsTest(unittest.TestCase):
 
         proposal_generator = build_proposal_generator(cfg, feature_shape)
         roi_heads = build_roi_heads(cfg, feature_shape)
-        # roi_plugin: detectron2's ROIAlignRotated needs its compiled _C; the test runs with the
-        # float64 transcription of its kernel as the (single) level pooler instead.
-        roi_heads.box_pooler.level_poolers[0] = reference_level_pooler(roi_heads.box_pooler.level_poolers[0])
+        compiled = detectron2_compiled()
+        if not compiled:
+            # roi_plugin: detectron2's ROIAlignRotated needs its compiled _C; the test runs with
+            # the float64 transcription of its kernel as the (single) level pooler instead.
+            roi_heads.box_pooler.level_poolers[0] = reference_level_pooler(roi_heads.box_pooler.level_poolers[0])
 
         with EventStorage():  # capture events in a new storage to discard them
             proposals, proposal_losses = proposal_generator(images, features, gt_instances)
@@ -165,7 +170,7 @@ class RROIHeadsTest(unittest.TestCase):
             "loss_rpn_cls": 0.2427729219198227,
             "loss_rpn_loc": 0.3646621108055115,
         }
-        # roi_plugin: the RPN losses are not compared. Here the ground-truth boxes lie inside
+        # roi_plugin: without _C the RPN losses are not compared. Here the ground-truth boxes lie inside
         # many anchors of equal area (and the anchor angles -90 and 90 give identical boxes), so
         # their IoUs are exactly equal (e.g. 4/1024 for 15 anchors) and the matcher's
         # low-quality rule makes all of them positive. The compiled kernel computes these IoUs
@@ -174,7 +179,7 @@ class RROIHeadsTest(unittest.TestCase):
         # test_rrpn above (no such ties) checks the RPN losses and proposals against detectron2.
         # The ROI-head losses depend on the proposals (RRPN + nms_rotated), on the proposal
         # matching (box_iou_rotated) and on ROIAlignRotated, and are detectron2's.
-        for name in ("loss_cls", "loss_box_reg"):
+        for name in expected_losses if compiled else ("loss_cls", "loss_box_reg"):
             self.assertTrue(
                 torch.allclose(detector_losses[name], torch.tensor(expected_losses[name])),
                 "Losses has changed! New losses: {}".format(
@@ -182,7 +187,7 @@ class RROIHeadsTest(unittest.TestCase):
                 ),
             )
         anchors = proposal_generator.anchor_generator([features["res4"]])[0]
-        iou = torch.ops.detectron2.box_iou_rotated(gt_boxes0, anchors.tensor)
+        iou = box_iou_rotated(gt_boxes0, anchors.tensor)  # the pure-PyTorch operator's function
         best = iou.max(dim=1).values
         self.assertEqual(best.tolist(), [4 / 1024, 16 / 1024])  # gt area / anchor area, exactly
         self.assertEqual((iou == best[:, None]).sum(dim=1).tolist(), [15, 15])

@@ -1,7 +1,7 @@
 """Export: the pooler and the box branch to ONNX (opset 17) and TorchScript (trace), against eager PyTorch.
 
 Also records what Detectron2's own ``ROIPooler`` does under the same exporter, so the
-README's comparison comes from here.
+comparison in docs/deployment.md comes from here.
 """
 
 import os

@@ -198,3 +198,27 @@ def test_shapes_lazy_config_trains_two_iterations_and_evaluates(tmp_path):
     assert isinstance(heads.box_head, roi_plugin.TwoMLPHead) and isinstance(heads.box_predictor, FastRCNNPredictor)
     assert set(results) == {"bbox", "segm"} and "AP" in results["bbox"]
     assert os.path.isfile(tmp_path / "model_final.pth")
+
+
+def test_any_model_one_line_route():
+    """Any model from a LazyConfig: the config ends with `model = L(convert_model)(model=model,
+    sampler=...)`. The model keeps its class and the built-in weights give its detections;
+    command-line overrides of the model move under `model.model.`, and an old path fails loudly
+    at instantiate instead of being ignored."""
+    from detectron2.config import LazyCall as L
+    from checking import check_conversion, lazy_batch, shrink_lazy
+
+    cfg = model_zoo.get_config("common/models/mask_rcnn_fpn.py")
+    model = shrink_lazy(cfg.model)
+    model.backbone.bottom_up.freeze_at = 5  # CPU time: no backward through the bottom-up network
+    batch = lazy_batch(model, sizes=((128, 160), (160, 128)))
+    cfg.model = L(roi_plugin.convert_model)(model=model, sampler="grid_sample")
+    row = check_conversion(lambda: instantiate(model), lambda s: instantiate(cfg.model), batch,
+                           samplers=("grid_sample",))
+    assert row["grid_sample"] == {"build": "ok", "swapped": "2 / 1", "parity": "ok", "train": "ok",
+                                  "losses": row["grid_sample"]["losses"], "infer": "ok"}, row
+    ok = LazyConfig.apply_overrides(copy.deepcopy(cfg), ["model.model.roi_heads.num_classes=3"])
+    assert ok.model.model.roi_heads.num_classes == 3
+    stale = LazyConfig.apply_overrides(copy.deepcopy(cfg), ["model.roi_heads.num_classes=3"])
+    with pytest.raises(TypeError, match="roi_heads"):
+        instantiate(stale.model)

@@ -1,6 +1,6 @@
 """Precision, determinism and gradients of the pooler (and the plugin model under autocast).
 
-Tolerances stated here are the README's: half-precision outputs are within the rounding of
+Tolerances stated here are those of docs/testing.md: half-precision outputs are within the rounding of
 their own dtype of the float32 result (the pooler samples half maps in float32 and casts the
 result back once), i.e. ``|out - ref| <= atol + rtol * |ref|`` with (atol, rtol) =
 (1e-3, 1e-3) for float16 and (1e-2, 8e-3) for bfloat16 against float32 on the same values.

@@ -5,6 +5,12 @@ convention (``Visualizer.draw_rotated_box_with_label``), and a brute-force greed
 compiled kernel's rules (``scores.sort(descending=True)``, suppress when IoU >= threshold).
 Detectron2's own tests of these operators are ported in test_d2_nms_rotated.py and
 test_d2_rotated_boxes.py.
+
+The numerical tests call the pure functions (``rotated_ops.box_iou_rotated`` /
+``rotated_ops.nms_rotated``) directly: with a compiled Detectron2, ``torch.ops.detectron2``
+holds Detectron2's own kernels and the plugin registers nothing. The registration tests at the
+end assert what ``torch.ops.detectron2`` holds in either case, and that Detectron2's API
+(``pairwise_iou_rotated``, ``nms_rotated``, ``batched_nms_rotated``) reaches it.
 """
 import math
 
@@ -12,12 +18,21 @@ import pytest
 import torch
 from torchvision.ops import box_iou, nms
 
-from detectron2.layers import batched_nms_rotated, nms_rotated
-from detectron2.layers.rotated_boxes import pairwise_iou_rotated
+import detectron2.layers
+from detectron2.layers.rotated_boxes import pairwise_iou_rotated as d2_pairwise_iou_rotated
 
-import roi_plugin  # noqa: F401  (registers the operators)
+import roi_plugin  # noqa: F401  (registers the operators where detectron2 has no compiled _C)
 from roi_plugin.layers import rotated_ops
-from roi_plugin.layers.rotated_ops import pairwise_iou_rotated_float64, register_rotated_ops
+from roi_plugin.layers.rotated_ops import (
+    box_iou_rotated,
+    nms_rotated,
+    pairwise_iou_rotated_float64,
+    register_rotated_ops,
+)
+
+from rotated_reference import detectron2_compiled
+
+COMPILED = detectron2_compiled()  # detectron2's _C loads: torch.ops.detectron2 holds its own kernels
 
 
 def xyxy_to_rotated(b, angle=0.0, swap=False):
@@ -52,8 +67,8 @@ def test_axis_aligned_equals_torchvision_box_iou(angle, swap, atol):
     ours = pairwise_iou_rotated_float64(xyxy_to_rotated(a, angle, swap), xyxy_to_rotated(b, angle, swap))
     assert (ref > 0).sum() > 100  # the case is not trivially empty
     torch.testing.assert_close(ours, ref, atol=atol, rtol=0)
-    # the operator itself: float32 in, float32 out
-    op = torch.ops.detectron2.box_iou_rotated(xyxy_to_rotated(a, angle, swap).float(),
+    # the operator's function: float32 in, float32 out
+    op = box_iou_rotated(xyxy_to_rotated(a, angle, swap).float(),
                                               xyxy_to_rotated(b, angle, swap).float())
     assert op.dtype == torch.float32 and op.shape == (60, 70)
     torch.testing.assert_close(op.double(), ref, atol=1e-6, rtol=0)
@@ -143,18 +158,18 @@ def test_invariances_and_pruning():
 def test_degenerate_boxes():
     boxes = torch.tensor([[5, 5, 0, 4, 0], [5, 5, 4, 0, 30], [5, 5, 1e-8, 1e-8, 0], [5, 5, 4, 4, 0],
                           [5, 5, -4, -4, 0], [5, 5, -4, 4, 0]], dtype=torch.float32)
-    iou = torch.ops.detectron2.box_iou_rotated(boxes, boxes)
+    iou = box_iou_rotated(boxes, boxes)
     # area w*h < 1e-14 -> IoU 0 (as the kernel); negative w and h is the same rectangle
     assert (iou[:3] == 0).all() and (iou[:, :3] == 0).all() and (iou[5] == 0).all()
     torch.testing.assert_close(iou[3:5, 3:5], torch.ones(2, 2))
-    empty = torch.ops.detectron2.box_iou_rotated(boxes[:0], boxes)
+    empty = box_iou_rotated(boxes[:0], boxes)
     assert empty.shape == (0, 6) and empty.dtype == torch.float32
 
 
 def greedy_nms_reference(boxes, scores, thr):
     """The loop of nms_rotated_cpu.cpp over the operator's (float32) IoU matrix."""
     order = scores.sort(0, descending=True)[1]
-    iou = torch.ops.detectron2.box_iou_rotated(boxes.float(), boxes.float())
+    iou = box_iou_rotated(boxes.float(), boxes.float())
     suppressed = torch.zeros(len(boxes), dtype=torch.bool)
     keep = []
     for _i in range(len(order)):
@@ -195,53 +210,110 @@ def test_nms_axis_aligned_equals_torchvision():
 def test_nms_threshold_is_inclusive_and_edge_cases():
     boxes = torch.tensor([[0.5, 0.5, 1.0, 1.0, 0.0], [0.25, 0.5, 0.5, 1.0, 0.0], [9, 9, 1, 1, 0]])
     scores = torch.tensor([0.9, 0.8, 0.7])
-    assert torch.ops.detectron2.box_iou_rotated(boxes[:1], boxes[1:2]).item() == 0.5
+    assert box_iou_rotated(boxes[:1], boxes[1:2]).item() == 0.5
     assert nms_rotated(boxes, scores, 0.5).tolist() == [0, 2]  # IoU == threshold suppresses
     assert nms_rotated(boxes, scores, 0.5001).tolist() == [0, 1, 2]
     assert nms_rotated(boxes, scores, 0.0).tolist() == [0]  # IoU 0 >= 0: everything else goes
     assert nms_rotated(boxes, scores, 1.5).tolist() == [0, 1, 2]
     assert nms_rotated(boxes[:0], scores[:0], 0.5).shape == (0,)
     assert nms_rotated(boxes.double(), scores.double(), 0.5).tolist() == [0, 2]
-    # batched: different classes never suppress each other
-    keep = batched_nms_rotated(boxes, scores, torch.tensor([0, 1, 0]), 0.5)
-    assert keep.tolist() == [0, 1, 2]
 
 
 def test_bad_input_errors():
     with pytest.raises(ValueError, match=r"\(N, 5\)"):
-        pairwise_iou_rotated(torch.zeros(3, 4), torch.zeros(2, 5))
+        box_iou_rotated(torch.zeros(3, 4), torch.zeros(2, 5))
     with pytest.raises(TypeError, match="floating-point"):
-        pairwise_iou_rotated(torch.zeros(3, 5, dtype=torch.int64), torch.zeros(2, 5))
+        box_iou_rotated(torch.zeros(3, 5, dtype=torch.int64), torch.zeros(2, 5))
     with pytest.raises(ValueError, match="scores"):
         nms_rotated(torch.zeros(3, 5), torch.zeros(2), 0.5)
 
 
-def test_registration_idempotent_and_keeps_existing_ops():
-    assert hasattr(torch.ops.detectron2, "box_iou_rotated") and hasattr(torch.ops.detectron2, "nms_rotated")
-    first = torch.ops.detectron2.nms_rotated.default
-    assert register_rotated_ops() == ("box_iou_rotated", "nms_rotated")
-    assert register_rotated_ops() == ("box_iou_rotated", "nms_rotated")
+def _is_ours(op) -> bool:
+    """Whether ``torch.ops.detectron2.<name>`` is roi_plugin's custom op: its schema is the one
+    ``torch.library`` infers from the pure function (Detectron2's C++ schema has unnamed
+    arguments, ``(Tensor _0, Tensor _1, float _2) -> Tensor _0``)."""
+    name = op._qualified_op_name.split("::")[1]
+    inferred = torch.library.infer_schema(getattr(rotated_ops, name), mutates_args=())
+    return str(op.default._schema) == f"detectron2::{name}{inferred}"
+
+
+def test_registration_follows_detectron2():
+    """Without a compiled _C the two operators are roi_plugin's, registered once (idempotent);
+    with one they are Detectron2's own kernels and roi_plugin registers nothing."""
+    ops = (torch.ops.detectron2.box_iou_rotated, torch.ops.detectron2.nms_rotated)  # both exist either way
+    first = ops[1].default
+    expected = () if COMPILED else ("box_iou_rotated", "nms_rotated")
+    assert register_rotated_ops() == expected
+    assert register_rotated_ops() == expected
     assert torch.ops.detectron2.nms_rotated.default is first
-    assert "nms_rotated(Tensor dets, Tensor scores, float iou_threshold) -> Tensor" in str(first._schema)
-    # a namespace that already has one of the two (as a compiled detectron2 would): it is kept
+    assert [_is_ours(op) for op in ops] == [not COMPILED] * 2
+    assert all(not q.startswith("detectron2::") for q in rotated_ops._registered) == COMPILED
+
+
+def test_registration_keeps_existing_ops():
+    # a namespace that already has one of the two (as a compiled detectron2 has): it is kept
     lib = torch.library.Library("roi_plugin_test_ns", "DEF")
     lib.define("box_iou_rotated(Tensor a, Tensor b) -> Tensor")
     lib.impl("box_iou_rotated", lambda a, b: torch.full((1,), 42.0), "CPU")
+    assert register_rotated_ops("roi_plugin_test_ns") == ("nms_rotated",)
     assert register_rotated_ops("roi_plugin_test_ns") == ("nms_rotated",)
     assert torch.ops.roi_plugin_test_ns.box_iou_rotated(torch.zeros(1, 5), torch.zeros(1, 5)).item() == 42.0
     assert torch.ops.roi_plugin_test_ns.nms_rotated(torch.zeros(1, 5), torch.zeros(1), 0.5).tolist() == [0]
 
 
-def test_operator_contracts():
+def test_detectron2_api_reaches_the_operators():
+    """Detectron2's ``pairwise_iou_rotated``, ``nms_rotated`` and ``batched_nms_rotated`` call
+    ``torch.ops.detectron2``: without _C they give the pure functions' results bit for bit; with
+    _C, Detectron2's float32 kernels, which agree with them (IoU to float32 rounding; no IoU of
+    these boxes lies within 1e-4 of a threshold, so the kept boxes are the same)."""
+    g = torch.Generator().manual_seed(21)
+    base = random_rotated(60, 22, spread=50.0)
+    boxes = torch.cat([base, base + torch.randn(60, 5, generator=g, dtype=torch.float64) * 2]).float()
+    scores = torch.rand(120, generator=g)
+    classes = torch.randint(0, 3, (120,), generator=g)
+    iou = box_iou_rotated(boxes, boxes)
+    d2_iou = d2_pairwise_iou_rotated(boxes, boxes)
+    assert d2_iou.dtype == torch.float32 and (iou > 0.1).sum() > 200
+    if COMPILED:
+        torch.testing.assert_close(d2_iou, iou, atol=1e-5, rtol=0)
+    else:
+        assert torch.equal(d2_iou, iou)
+    for thr in (0.3, 0.5, 0.7):
+        assert ((iou - thr).abs() > 1e-4).all()  # no near-ties: both kernels must agree exactly
+        assert torch.equal(detectron2.layers.nms_rotated(boxes, scores, thr), nms_rotated(boxes, scores, thr))
+        # batched: boxes of different classes never suppress each other
+        per_class = torch.cat([(classes == c).nonzero()[:, 0][nms_rotated(boxes[classes == c], scores[classes == c], thr)]
+                               for c in range(3)])
+        expected = per_class[scores[per_class].sort(descending=True)[1]]
+        assert torch.equal(detectron2.layers.batched_nms_rotated(boxes, scores, classes, thr), expected)
+
+
+@pytest.fixture(scope="module")
+def ops_namespace():
+    """The ``torch.ops`` namespace holding roi_plugin's operators: ``detectron2`` on a pure-Python
+    Detectron2; with a compiled one (which keeps its own) they are registered under a namespace
+    of the tests' own, so that their contracts are checked in either case."""
+    name = "roi_plugin_pure_ops" if COMPILED else "detectron2"
+    assert register_rotated_ops(name) == ("box_iou_rotated", "nms_rotated")
+    return name
+
+
+def test_operator_contracts(ops_namespace):
     """torch.library.opcheck: schema, fake (meta) kernels, and that TorchScript sees the ops."""
+    ns = getattr(torch.ops, ops_namespace)
     boxes = random_rotated(8, 12, spread=10.0).float()
     scores = torch.rand(8, generator=torch.Generator().manual_seed(13))
-    torch.library.opcheck(torch.ops.detectron2.box_iou_rotated.default, (boxes, boxes[:5]))
-    torch.library.opcheck(torch.ops.detectron2.nms_rotated.default, (boxes, scores, 0.3))
+    torch.library.opcheck(ns.box_iou_rotated.default, (boxes, boxes[:5]))
+    torch.library.opcheck(ns.nms_rotated.default, (boxes, scores, 0.3))
+    assert torch.equal(ns.nms_rotated(boxes, scores, 0.3), nms_rotated(boxes, scores, 0.3))
 
-    def f(b: torch.Tensor, s: torch.Tensor):
+    def in_detectron2(b: torch.Tensor, s: torch.Tensor):
         return torch.ops.detectron2.nms_rotated(b, s, 0.3), torch.ops.detectron2.box_iou_rotated(b, b)
 
+    def in_private(b: torch.Tensor, s: torch.Tensor):
+        return torch.ops.roi_plugin_pure_ops.nms_rotated(b, s, 0.3), torch.ops.roi_plugin_pure_ops.box_iou_rotated(b, b)
+
+    f = in_private if COMPILED else in_detectron2
     scripted = torch.jit.script(f)
     for x, y in zip(scripted(boxes, scores), f(boxes, scores)):
         assert torch.equal(x, y)

@@ -2,13 +2,14 @@
 not write: at angle 0 it must equal ``torchvision.ops.roi_align(aligned=True)`` on the same
 axis-aligned box, and turning the feature map by 90 degrees (``torch.rot90``) together with
 the box (centre moved, angle + 90) must leave the output unchanged. Detectron2's own tests of
-the op run on it in test_d2_roi_align_rotated.py.
+the op run on it in test_d2_roi_align_rotated.py. Where Detectron2's compiled _C loads, the
+reference must also equal the kernel it transcribes, run in float64.
 """
 import pytest
 import torch
 from torchvision.ops import roi_align
 
-from rotated_reference import roi_align_rotated_reference
+from rotated_reference import detectron2_compiled, roi_align_rotated_reference
 
 
 def random_rois(n, size, seed, dtype=torch.float64):
@@ -64,3 +65,23 @@ def test_rot90_of_the_map(k, sampling_ratio):
 def test_negative_size_raises():
     with pytest.raises(ValueError, match="non-negative size"):
         roi_align_rotated_reference(torch.zeros(1, 1, 4, 4), torch.tensor([[0, 2, 2, -1, 1, 0.0]]), 2, 1.0, 0)
+
+
+@pytest.mark.skipif(not detectron2_compiled(), reason="needs Detectron2's compiled _C (a build from source)")
+@pytest.mark.parametrize("sampling_ratio", [0, 2])
+def test_equals_the_compiled_kernel(sampling_ratio):
+    """The transcription against Detectron2's ROIAlignRotated CPU kernel itself (float64), values
+    and input gradients."""
+    from detectron2.layers import ROIAlignRotated
+
+    g = torch.Generator().manual_seed(5)
+    feat = torch.randn(2, 3, 20, 27, generator=g, dtype=torch.float64, requires_grad=True)
+    rois = random_rois(16, 40, seed=6)
+    grad = torch.randn(16, 3, 7, 7, generator=g, dtype=torch.float64)
+    ref = roi_align_rotated_reference(feat, rois, 7, 0.5, sampling_ratio)
+    (ref_grad,) = torch.autograd.grad(ref, feat, grad)
+    out = ROIAlignRotated((7, 7), 0.5, sampling_ratio)(feat, rois)
+    (out_grad,) = torch.autograd.grad(out, feat, grad)
+    assert ref.abs().sum() > 0
+    torch.testing.assert_close(out, ref, atol=1e-12, rtol=0)
+    torch.testing.assert_close(out_grad, ref_grad, atol=1e-12, rtol=0)

@@ -2,6 +2,7 @@
 """The built-in shapes dataset: determinism, annotation consistency (checked with pycocotools
 and Detectron2's level rule), cache integrity, and registration."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -131,6 +132,17 @@ def test_unknown_split_and_unwritable_root(tmp_path):
 def test_cache_dir_from_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("ROI_PLUGIN_DATASETS", str(tmp_path))
     assert shapes.shapes_root() == tmp_path
+
+
+def test_cache_dir_defaults_to_the_working_directory(monkeypatch, tmp_path):
+    """Without $ROI_PLUGIN_DATASETS: datasets/ under the working directory (the repository's own
+    for ./run.sh), as an absolute path, never a folder found from where the package lies."""
+    monkeypatch.delenv("ROI_PLUGIN_DATASETS", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert shapes.shapes_root() == Path.cwd() / "datasets"
+    assert shapes.shapes_root().resolve() == (tmp_path / "datasets").resolve()
+    monkeypatch.setenv("ROI_PLUGIN_DATASETS", "relative/cache")
+    assert shapes.shapes_root() == Path.cwd() / "relative" / "cache"
 
 
 def test_registered_as_detectron2_coco_datasets(tiny_splits):

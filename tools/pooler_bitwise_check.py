@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 # Copyright (c) roi_plugin authors. Licensed under the Apache License 2.0.
-"""Bit-for-bit comparison of the pooler (``--sampler``, default ``gather``): between two versions
-of the code, and between the ways one version runs it (eager, compiled, scripted, traced).
+"""Bit-for-bit comparison of the pooler (both samplers, upright and rotated boxes): between two
+versions of the code, and between the ways one version runs it (eager, compiled, scripted, traced).
 
 A refactor or a speed-up of the pooler should leave every output and feature gradient
 unchanged to the bit. Save them with one checkout, compare with another::
@@ -13,17 +13,19 @@ unchanged to the bit. Save them with one checkout, compare with another::
 and check that ``torch.compile`` (inductor, static and ``dynamic=True`` shapes), TorchScript
 (``torch.jit.script``) and ``torch.jit.trace`` give the eager outputs and gradients bit for bit::
 
-    python tools/pooler_bitwise_check.py modes                     # all four, ~10 min
+    python tools/pooler_bitwise_check.py modes                     # all four
     python tools/pooler_bitwise_check.py modes --modes scripted traced
 
-62 cases: sampling ratios 0-3, ROIAlign and ROIAlignV2, outputs 7, 14 and (7, 5), four-level
-and single-level poolers, float64, half and bfloat16 maps, boxes crossing and spilling over the
-border, tiny and zero-size boxes, a few and 600 ROIs. Boxes of ~1e6 px are left out: up to
+For each sampler (``gather``, ``grid_sample``), 62 upright cases: sampling ratios 0-3, ROIAlign
+and ROIAlignV2, outputs 7, 14 and (7, 5), four-level and single-level poolers, float64, half and
+bfloat16 maps, boxes crossing and spilling over the border, tiny and zero-size boxes, a few and
+600 ROIs; and 8 rotated cases (``ROIAlignRotated``: ratios 0 and 2, outputs 7 and 14, angles
+from -180 to 180 degrees, centres spilling over the border). Boxes of ~1e6 px are left out: up to
 3d9ac33 such a box switched its whole grid-size group to float64 coordinates, so other ROIs of
 the group differed from torchvision by rounding (and one legacy border box by 0.6).
-A level that no ROI reads had no gradient (``None``) up to fd00250 and has a zero one since
-the pooler became an operator (as ``ROIPooler``'s): ``compare`` counts the two as equal and
-says how many there were.
+A level that no ROI reads had no gradient (``None``) before the pooler became an operator and
+has a zero one since (as ``ROIPooler``'s): ``compare`` counts the two as equal and says how
+many there were.
 """
 import argparse
 import math
@@ -33,7 +35,7 @@ from typing import Tuple
 
 import torch
 
-from detectron2.structures import Boxes
+from detectron2.structures import Boxes, RotatedBoxes
 from roi_plugin import SAMPLERS, ROIAlignPooler
 
 SCALES = (1 / 4, 1 / 8, 1 / 16, 1 / 32)
@@ -77,6 +79,24 @@ def cases():
     yield ("many", 0, "ROIAlignV2", 7, 2, 400, 608, 32, torch.float32, 300, 0.0, 16, 800, False)
 
 
+def rotated(upright):
+    """Rotated boxes (x_ctr, y_ctr, w, h, angle) with the centres and sides of ``upright``."""
+    g = torch.Generator().manual_seed(2)
+    out = []
+    for b in upright:
+        angle = torch.rand(len(b), generator=g) * 360 - 180
+        out.append(torch.stack([(b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2, b[:, 2] - b[:, 0],
+                                b[:, 3] - b[:, 1], angle], 1))
+    return out
+
+
+def rotated_cases():
+    """As :func:`cases`, for ``ROIAlignRotated``."""
+    for ratio in (0, 2):
+        for out in (7, 14):
+            yield (f"rot-r{ratio}-{out}", ratio, "ROIAlignRotated", out, 2, 192, 256, 8, torch.float32, 30, 0.2, 2, 500, False)
+
+
 MODES = ("eager", "compiled", "compiled-dynamic", "scripted", "traced")
 
 
@@ -100,25 +120,36 @@ def runner(pooler, mode: str, x, bx):
         return torch.compile(pooler, dynamic=True if mode == "compiled-dynamic" else None)
     if mode == "scripted":
         scripted = torch.jit.script(pooler)
-        return lambda x, bx: scripted(x, [Boxes(b) for b in bx])
+        kind = RotatedBoxes if pooler.rotated else Boxes
+        return lambda x, bx: scripted(x, [kind(b) for b in bx])
     traced = torch.jit.trace(_ListCall(pooler, len(x)), (*x, *bx), check_trace=False)
     return lambda x, bx: traced(*x, *bx)
 
 
-def run_all(mode: str = "eager", sampler: str = "gather"):
-    """{case: [output, gradient of each level]} over all cases, each with 4 levels and with 1."""
+def pool(sampler, ratio, ptype, out, scales, x, bx, mode="eager"):
+    """Output and feature gradients of one pooler call, run the ``mode`` way."""
+    pooler = ROIAlignPooler(out, scales, ratio, ptype, sampler=sampler)
+    y = runner(pooler, mode, x, bx)(x, bx)
+    y.backward(torch.randn(y.shape, generator=torch.Generator().manual_seed(3)).to(y.dtype))
+    return [y.detach()] + [f.grad for f in x]
+
+
+def run_all(mode: str = "eager"):
+    """{case: [output, gradient of each level]} over all cases and both samplers, each with 4
+    levels and with 1."""
     results = {}
-    for name, ratio, ptype, out, b, h, w, c, dtype, n, spill, lo, hi, border in cases():
-        for single in (False, True):
-            scales = SCALES[2:3] if single else SCALES
-            x = [f.requires_grad_() for f in features(b, h, w, c, dtype, scales)]
-            bx = boxes(b, n, h, w, lo, hi, spill)
-            if border:
-                bx = [torch.cat([bx[0], BORDER[1]]), torch.cat([bx[1], BORDER[0]])]
-            pooler = ROIAlignPooler(out, scales, ratio, ptype, sampler=sampler)
-            y = runner(pooler, mode, x, bx)(x, bx)
-            y.backward(torch.randn(y.shape, generator=torch.Generator().manual_seed(3)).to(y.dtype))
-            results[name + ("-single" if single else "")] = [y.detach()] + [f.grad for f in x]
+    for sampler in SAMPLERS:
+        for name, ratio, ptype, out, b, h, w, c, dtype, n, spill, lo, hi, border in (*cases(), *rotated_cases()):
+            for single in (False, True):
+                scales = SCALES[2:3] if single else SCALES
+                x = [f.requires_grad_() for f in features(b, h, w, c, dtype, scales)]
+                bx = boxes(b, n, h, w, lo, hi, spill)
+                if border:
+                    bx = [torch.cat([bx[0], BORDER[1]]), torch.cat([bx[1], BORDER[0]])]
+                if ptype == "ROIAlignRotated":
+                    bx = rotated(bx)
+                key = f"{sampler}-{name}" + ("-single" if single else "")
+                results[key] = pool(sampler, ratio, ptype, out, scales, x, bx, mode)
     return results
 
 
@@ -145,27 +176,26 @@ def main() -> int:
     p.add_argument("path", nargs="?", help="file of saved results (save, compare)")
     p.add_argument("--modes", nargs="*", default=list(MODES[1:]), choices=list(MODES[1:]),
                    help="with 'modes': the ways to run the pooler against eager (default: all)")
-    p.add_argument("--sampler", default="gather", choices=SAMPLERS)
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     if args.mode != "modes" and not args.path:
         p.error(f"{args.mode} needs a path")
     torch.set_num_threads(args.threads)
-    results = run_all(sampler=args.sampler)
+    results = run_all()
     if args.mode == "save":
         torch.save(results, args.path)
         print(f"saved {len(results)} cases to {args.path}")
         return 0
-    runs = {"eager vs " + args.path: (results, torch.load(args.path))} if args.mode == "compare" else {}
     failed = False
-    for label, (got, ref) in runs.items():
-        bad, nz = differences(got, ref)
+    if args.mode == "compare":
+        bad, nz = differences(results, torch.load(args.path))
         note = f" ({nz} gradients None in one, zeros in the other)" if nz else ""
-        print(f"{label}: compared {len(got)} cases: {'all bit-identical' if not bad else f'{bad} tensors differ'}{note}")
-        failed |= bool(bad)
-    if args.mode == "modes":
+        print(f"eager vs {args.path}: compared {len(results)} cases: "
+              f"{'all bit-identical' if not bad else f'{bad} tensors differ'}{note}")
+        failed = bool(bad)
+    else:
         for mode in args.modes:
-            bad, nz = differences(run_all(mode, args.sampler), results)
+            bad, nz = differences(run_all(mode), results)
             print(f"{mode} vs eager: compared {len(results)} cases: "
                   f"{'all bit-identical' if not bad and not nz else f'{bad + nz} tensors differ'}", flush=True)
             failed |= bool(bad or nz)

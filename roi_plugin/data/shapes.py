@@ -11,7 +11,9 @@ band (see :func:`_class_color`). The background is a noisy colour gradient with 
 (lines, dots, rings) of any colour that is not annotated.
 
 The images and COCO json are generated on first use into a cache directory
-(``$ROI_PLUGIN_DATASETS``, default ``<repo>/datasets``) and never committed. Generation is
+(``$ROI_PLUGIN_DATASETS``, default ``datasets/`` under the working directory: the repository's
+git-ignored ``datasets/`` for ``./run.sh``, which runs from the repository root) and never
+committed. Generation is
 deterministic (one seeded RNG per image), takes seconds, and is atomic: a split is written
 into a temporary directory, a ``MANIFEST.json`` with the SHA-256 of every file is written
 last, and the directory is renamed into place. On load the manifest is checked against the
@@ -63,11 +65,13 @@ ENV_VAR = "ROI_PLUGIN_DATASETS"
 
 
 def shapes_root() -> Path:
-    """The cache directory: ``$ROI_PLUGIN_DATASETS`` or ``<repo>/datasets`` (git-ignored)."""
+    """The cache directory: ``$ROI_PLUGIN_DATASETS``, or ``datasets/`` under the current working
+    directory, as an absolute path (fixed when a split is registered). Never derived from where
+    the package is installed, which may be a read-only site-packages."""
     env = os.environ.get(ENV_VAR)
     if env:
-        return Path(env).expanduser()
-    return Path(__file__).resolve().parents[2] / "datasets"
+        return Path(env).expanduser().absolute()
+    return Path.cwd() / "datasets"
 
 
 def _split_dir(root: Path, split: str) -> Path:

@@ -9,3 +9,22 @@
 
 The submodules are imported on use (the ONNX ones need the ``[deploy]`` extra).
 """
+
+__all__ = ["require_onnx"]
+
+
+def require_onnx():
+    """The ``onnx`` module, or an ``ImportError`` that names the extra installing it.
+
+    ``onnx`` (and ``onnxruntime``, which the callers pass in as sessions) are not needed to
+    train or run the plugin, only to export: they come with ``pip install roi_plugin[deploy]``.
+    ``torch.onnx.export`` needs ``onnx`` too, so the exporters call this first.
+    """
+    try:
+        import onnx
+    except ImportError as e:
+        raise ImportError(
+            "ONNX export needs the 'onnx' package (and onnxruntime to run the graphs): "
+            "pip install 'roi_plugin[deploy]'"
+        ) from e
+    return onnx

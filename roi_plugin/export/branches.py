@@ -23,6 +23,7 @@ from torch import nn
 
 from ..layers.static import EXPORT_MAX_GRID
 from ..modeling.poolers import ROIAlignPooler
+from . import require_onnx
 
 __all__ = ["ExportablePooler", "ExportableBoxBranch", "ExportableMaskBranch", "ROIHeadsTensors",
            "export_onnx", "boxes_to_rois"]
@@ -182,6 +183,7 @@ def export_onnx(
         rois: example (K, 5) rois.
         output_names: one name per output of ``module``.
     """
+    require_onnx()  # torch.onnx.export needs it; the error names the extra
     names = [f"feature{i}" for i in range(len(features))]
     dynamic = {}
     for name in names:

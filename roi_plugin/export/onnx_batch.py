@@ -29,12 +29,15 @@ with a prefix and its initializers moved to the outer graph (a ``Loop`` body may
 values), so nothing is copied per iteration. The detector never returns more than K detections
 (Detectron2's ``test_topk_per_image``), so the padding is never negative.
 """
-from typing import Dict, List, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, List, Sequence, Tuple
 
 import numpy as np
-import onnx
 import torch
-from onnx import TensorProto, helper, numpy_helper
+
+from . import require_onnx
+
+if TYPE_CHECKING:  # onnx is the [deploy] extra: imported inside the functions that build graphs
+    import onnx
 
 __all__ = ["batch_onnx_model", "export_batched_onnx", "pad_batch", "run_onnx_batched"]
 
@@ -43,8 +46,9 @@ PREFIX = "per_image/"
 KNOWN_DIMS = {"pred_boxes": [4]}
 
 
-def _rename_graph(graph: onnx.GraphProto, rename) -> None:
+def _rename_graph(graph: "onnx.GraphProto", rename) -> None:
     """Rename every value of ``graph`` (and of its nested subgraphs) in place."""
+    onnx = require_onnx()
     for node in graph.node:
         node.input[:] = [rename(n) for n in node.input]
         node.output[:] = [rename(n) for n in node.output]
@@ -63,12 +67,15 @@ def _rename_graph(graph: onnx.GraphProto, rename) -> None:
         init.name = rename(init.name)
 
 
-def batch_onnx_model(single: onnx.ModelProto, max_detections: int, image_input: str = "image",
-                     drop_outputs: Sequence[str] = ("image_size",)) -> onnx.ModelProto:
+def batch_onnx_model(single: "onnx.ModelProto", max_detections: int, image_input: str = "image",
+                     drop_outputs: Sequence[str] = ("image_size",)) -> "onnx.ModelProto":
     """The dynamic-batch model around ``single`` (the graph of
     :func:`roi_plugin.export.onnx_model.export_model_onnx`: input ``image`` (3, H, W), outputs with the
     detections on their first axis, plus ``image_size``): see the module docstring.
     ``max_detections`` is K, the detector's ``test_topk_per_image``."""
+    onnx = require_onnx()
+    from onnx import TensorProto, helper, numpy_helper
+
     single = onnx.ModelProto.FromString(single.SerializeToString())  # work on a copy
     g = single.graph
     if [i.name for i in g.input] != [image_input]:
@@ -150,10 +157,12 @@ def batch_onnx_model(single: onnx.ModelProto, max_detections: int, image_input: 
     return model
 
 
-def export_batched_onnx(single_path: str, path: str, max_detections: int, full_check: bool = True) -> onnx.ModelProto:
+def export_batched_onnx(single_path: str, path: str, max_detections: int,
+                        full_check: bool = True) -> "onnx.ModelProto":
     """Read the single-image graph at ``single_path``, write its dynamic-batch ``Loop`` model
     (:func:`batch_onnx_model`) to ``path`` after ``onnx.checker.check_model`` (``full_check``:
     with ONNX shape inference through the ``Loop`` body too). Returns the model."""
+    onnx = require_onnx()
     model = batch_onnx_model(onnx.load(single_path), max_detections)
     onnx.checker.check_model(model, full_check=full_check)
     onnx.save(model, path)

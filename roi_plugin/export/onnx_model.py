@@ -31,6 +31,8 @@ from detectron2.export import TracingAdapter
 from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Boxes, Instances
 
+from . import require_onnx
+
 __all__ = ["trace_adapter", "export_model_onnx", "run_eager", "run_onnx", "compare", "OUTPUT_FIELDS"]
 
 OUTPUT_FIELDS = ("pred_boxes", "scores", "pred_classes", "pred_masks")
@@ -56,6 +58,7 @@ def _output_names(model: nn.Module, image: torch.Tensor) -> List[str]:
 def export_model_onnx(model: nn.Module, image: torch.Tensor, path: str, opset_version: int = 17) -> List[str]:
     """Trace ``model`` on ``image`` (3, H, W) and write an ONNX graph with dynamic H, W and
     detection count. Returns the output names (the ``Instances`` fields, in order)."""
+    require_onnx()  # torch.onnx.export needs it; the error names the extra
     adapter = trace_adapter(model, image)
     names = _output_names(model, image)
     dynamic = {"image": {1: "height", 2: "width"}}

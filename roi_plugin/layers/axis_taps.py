@@ -19,13 +19,14 @@ a fixed number of tensor ops, whatever the ROIs' sizes and levels:
 * of a sample's two taps, those of weight 0 (``frac = 0``, the last pixel) are dropped.
 
 Taps stay in ``(i, low/high)`` order within a bin, the order in which the padded layout
-lists them, so bins summed from these lists are bit-identical to the padded ones. Far from
-the origin (coordinates ~1e6 px) float32 rounds a coordinate by a sizeable part of the
-sample spacing: such ROIs are computed in float64, as ``axis_samples`` does.
+lists them, so bins summed from these lists are bit-identical to the padded ones. The rules
+(coordinates, validity, taps, the float64 rule) are :mod:`.geometry`'s functions.
 """
 from typing import NamedTuple
 
 import torch
+
+from .geometry import bilinear_taps, first_sample_on_map, needs_float64, on_map, sample_coordinates
 
 __all__ = ["AxisTaps", "axis_taps"]
 
@@ -54,17 +55,14 @@ def axis_taps(
     bin_size = length / pooled  # (n,), as axis_samples computes it
     g = grid.to(dtype)
     spacing = bin_size / g
-    # Float64 for ROIs whose float32 coordinates would be off by a sizeable part of a sample
-    # spacing (axis_samples' rule, per ROI here).
-    far = (start.abs() + length.abs()).double() * 2.0**-23 / spacing.double() > 0.25
-    far &= spacing > 0
+    far = needs_float64(start, length, spacing)
     # Samples on the map: first/last i with -1 <= c <= size, one sample of margin each side.
     p = torch.arange(pooled, device=device, dtype=torch.float64)
     base = start.double()[:, None] + p * bin_size.double()[:, None]  # (n, P)
     sp = spacing.double()[:, None]
     gmax = g.double()[:, None]
     moving = sp > 0
-    lo = torch.where(moving, torch.floor((-1.0 - base) / sp - 0.5) - 1, torch.zeros_like(base))
+    lo = torch.where(moving, first_sample_on_map(base, sp), torch.zeros_like(base))
     hi = torch.where(moving, torch.floor((size.double()[:, None] - base) / sp - 0.5) + 1, gmax - 1)
     lo = torch.minimum(lo.clamp(min=0), gmax).to(torch.int64)  # within [0, g)
     hi = torch.minimum(hi, gmax - 1).clamp(min=-1).to(torch.int64)
@@ -74,25 +72,18 @@ def axis_taps(
     k = lo.flatten()[bin_of] + torch.arange(total, device=device) - (torch.cumsum(count, 0) - count)[bin_of]
     roi = torch.div(bin_of, pooled, rounding_mode="floor")
     pos = (bin_of - roi * pooled).to(dtype)
-    # Same association as the kernel and axis_samples: start + p*bin + (i+0.5)*bin/g.
     i = k.to(dtype) + 0.5
-    coord = start[roi] + pos * bin_size[roi] + i * bin_size[roi] / g[roi]
-    if bool(far.any()):
-        i64, s64, b64, g64 = k.double() + 0.5, start.double()[roi], bin_size.double()[roi], g.double()[roi]
-        coord = torch.where(far[roi], s64 + pos.double() * b64 + i64 * b64 / g64, coord.double())
+    coord = sample_coordinates(start[roi], bin_size[roi], pos, i, g[roi])
+    if bool(far.any()):  # needs_float64's ROIs in float64
+        coord64 = sample_coordinates(start.double()[roi], bin_size.double()[roi], pos.double(), k.double() + 0.5,
+                                     g.double()[roi])
+        coord = torch.where(far[roi], coord64, coord.double())
     lim = size[roi]
-    valid = (coord >= -1.0) & (coord <= lim) & (k < grid[roi])
+    valid = on_map(coord, lim) & (k < grid[roi])
     coord, lim, roi, bin_of = coord[valid], lim[valid], roi[valid], bin_of[valid]
-    # Bilinear taps (geometry.bilinear_taps, with each sample's own map size).
-    c = coord.clamp(min=0)
-    low = c.floor().to(torch.int64)
-    at_edge = low >= lim - 1
-    low = torch.where(at_edge, lim - 1, low).clamp(min=0)
-    high = torch.minimum(torch.where(at_edge, low, low + 1), (lim - 1).clamp(min=0))
-    frac = torch.where(at_edge, torch.zeros_like(c), c - low.to(c.dtype)).to(dtype)
-    scale = torch.ones_like(frac) / g[roi]  # valid samples only: axis_samples' valid / g
-    pixel = torch.stack([low, high], 1).flatten()
-    weight = torch.stack([(1.0 - frac) * scale, frac * scale], 1).flatten()
+    taps = bilinear_taps(coord, torch.ones_like(coord, dtype=torch.bool), g[roi], lim, dtype)
+    pixel = torch.stack([taps.low, taps.high], 1).flatten()
+    weight = torch.stack([taps.w_low, taps.w_high], 1).flatten()
     keep = weight != 0
     tap_bin = bin_of.repeat_interleave(2)[keep]
     count = torch.bincount(tap_bin, minlength=n * pooled)

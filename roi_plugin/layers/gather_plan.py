@@ -17,7 +17,7 @@ from typing import List, NamedTuple, Optional, Sequence, Tuple
 import torch
 
 from .axis_taps import axis_taps
-from .geometry import LevelSamples, SampleGroup, level_boxes
+from .geometry import LevelSamples, SampleGroup, level_boxes, samples_per_bin
 
 __all__ = ["GatherPlan", "gather_plan", "upright_gather_plan"]
 
@@ -86,11 +86,7 @@ def upright_gather_plan(
     lv = torch.tensor([[first_row[k], h, w] for k, (_, h, w) in enumerate(sizes)], device=device)[level_of]
     scale = torch.tensor(scales, dtype=boxes.dtype, device=device)[level_of]
     start_x, start_y, width, height = level_boxes(boxes, scale, aligned)
-    if sampling_ratio > 0:
-        gh = gw = torch.full((n,), sampling_ratio, dtype=torch.int64, device=device)
-    else:
-        gh = torch.ceil(height / ph).to(torch.int64).clamp(min=0)
-        gw = torch.ceil(width / pw).to(torch.int64).clamp(min=0)
+    gh, gw = samples_per_bin(height, ph, sampling_ratio), samples_per_bin(width, pw, sampling_ratio)
     ys = axis_taps(start_y, height, ph, gh, lv[:, 1])
     xs = axis_taps(start_x, width, pw, gw, lv[:, 2])
     # Bag of bin (r, py, px): every y-tap of (r, py) times every x-tap of (r, px), y-major.

@@ -25,6 +25,14 @@ sample with ``c < -1`` or ``c > size`` is read by no pixel: it contributes 0, bu
 counts in the mean's ``1 / (gh * gw)``. One within a pixel of the border reads the border
 pixel (the clamp above). This is the convention of torchvision's ``roi_align`` kernel, the
 one behind Detectron2's ``ROIPooler``, which both samplers reproduce sample for sample.
+
+Precision. Coordinates are computed in the compute dtype (:func:`compute_dtype`: float64 for
+float64 maps, float32 otherwise), except for ROIs far from the origin (:func:`needs_float64`).
+
+Each rule above is one function of this file (:func:`compute_dtype`, :func:`samples_per_bin`,
+:func:`sample_coordinates`, :func:`on_map`, :func:`needs_float64`, :func:`bilinear_taps`),
+used by every path: the upright groups here, the flat tap lists (:mod:`.axis_taps`), the
+rotated geometry (:mod:`.rotated_geometry`) and the static export path (:mod:`.static`).
 """
 import math
 from typing import List, NamedTuple, Optional, Tuple
@@ -32,9 +40,59 @@ from typing import List, NamedTuple, Optional, Tuple
 import torch
 
 __all__ = [
+    "compute_dtype", "samples_per_bin", "sample_coordinates", "on_map", "needs_float64", "first_sample_on_map",
     "AxisSamples", "SampleGroup", "LevelSamples", "level_boxes", "axis_samples", "bilinear_taps", "grid_groups",
     "sample_groups",
 ]
+
+
+# ---------------------------------------------------------------------------- the rules
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype coordinates, weights and sums are computed in for maps of ``dtype``: float64
+    for float64 maps (gradcheck), float32 otherwise (half and bfloat16 maps are sampled in
+    float32 and the result cast back, as torchvision's kernel accumulates in float32)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def samples_per_bin(extent: torch.Tensor, pooled: int, sampling_ratio: int, max_grid: Optional[int] = None) -> torch.Tensor:
+    """(n,) int64 samples per bin along one axis: ``sampling_ratio``, or when it is 0
+    (adaptive) ``ceil(extent / pooled)`` per ROI (0 for an empty aligned ROI), at most
+    ``max_grid`` when given (the capped static export path)."""
+    if sampling_ratio > 0:
+        return torch.full_like(extent, sampling_ratio, dtype=torch.int64)
+    g = torch.ceil(extent / pooled)
+    if max_grid is not None:
+        g = g.clamp(max=max_grid)
+    return g.to(torch.int64).clamp(min=0)
+
+
+def sample_coordinates(start, bin_size, p, i, g):
+    """``start + p * bin + i * bin / g``: sample ``i - 0.5`` (``i`` carries the half) of bin
+    ``p``, in the association of the kernels (torchvision's ``roi_align``, Detectron2's
+    ``ROIAlignRotated``), so that float32 coordinates round as theirs do. Broadcasts."""
+    return start + p * bin_size + i * bin_size / g
+
+
+def on_map(coord: torch.Tensor, size) -> torch.Tensor:
+    """Samples some pixel reads: ``-1 <= coord <= size`` (a pixel's bilinear footprint reaches
+    one pixel either side of its centre)."""
+    return (coord >= -1.0) & (coord <= size)
+
+
+def needs_float64(start: torch.Tensor, length: torch.Tensor, spacing: torch.Tensor) -> torch.Tensor:
+    """(n,) ROIs whose samples are computed in float64 whatever the compute dtype: far from the
+    origin (boxes of ~1e6 px and more) float32 rounds a coordinate by more than a quarter of the
+    sample ``spacing`` (torchvision's float32 kernel is noise there), and the on-map window of
+    a huge ROI (:func:`axis_samples`, :mod:`.axis_taps`) needs exact coordinates."""
+    far = (start.abs() + length.abs()).double() * 2.0**-23 / spacing.double() > 0.25
+    return far & (spacing > 0)
+
+
+def first_sample_on_map(base: torch.Tensor, spacing: torch.Tensor, margin: int = 1) -> torch.Tensor:
+    """Index ``k`` (float64, may be negative) of the first sample ``base + (k + 0.5) * spacing``
+    at or past ``-1``, less ``margin`` samples for rounding; ``base`` and ``spacing`` float64
+    (``base = start + p * bin``, ``spacing = bin / g``). Callers check validity exactly."""
+    return torch.floor((-1.0 - base) / spacing - 0.5) - margin
 
 
 class AxisSamples(NamedTuple):
@@ -116,29 +174,25 @@ def axis_samples(
     # bounded by the map size, not the box size.
     spacing = (bin_size / g).flatten()
     spacing = spacing[spacing > 0]
-    window, margin, work = gmax, 1, start.dtype
+    window, margin = gmax, 1
+    far = None
     if spacing.numel():
         # A progression of step `spacing` has at most floor((size + 1) / spacing) + 1 points
         # in [-1, size]; the window starts `margin` samples early (rounding of `first`).
         bound = math.floor((size + 1) / float(spacing.min())) + 1 + 2 * margin
         window = min(gmax, bound)
-        # Far from the origin (boxes of ~1e6 px and more) float32 rounds a coordinate by a
-        # sizeable part of the sample spacing: torchvision's float32 kernel is noise there.
-        # Compute such ROIs in float64 so that the window needs only its small margin.
-        ulps = float((start.abs() + length.abs()).max()) * 2.0**-23 / float(spacing.min())
-        if ulps > 0.25:
-            work = torch.float64
-    start_w, bin_w, g_w, p_w = (t.to(work) for t in (start, bin_size, g, p))
-    k = torch.arange(window, device=start.device, dtype=work)[None, None, :]
+        far = needs_float64(start, length, (bin_size / g).flatten())
+        far = far[:, None, None] if bool(far.any()) else None
+    k = torch.arange(window, device=start.device, dtype=torch.float64)[None, None, :]
     if window < gmax:
-        first = (-1.0 - start.double()[:, None, None] - p.double() * bin_size.double()) / (
-            bin_size.double() / g.double()
-        )
-        k = k + (torch.floor(first - 0.5) - margin).clamp(min=0).to(work)
+        base = start.double()[:, None, None] + p.double() * bin_size.double()
+        k = k + first_sample_on_map(base, bin_size.double() / g.double(), margin).clamp(min=0)
     i = k + 0.5
-    # Same association as the kernel: start + p*bin + (i+0.5)*bin/grid.
-    coord = start_w[:, None, None] + p_w * bin_w + i * bin_w / g_w
-    valid = (coord >= -1.0) & (coord <= size) & (i < g_w)
+    coord = sample_coordinates(start[:, None, None], bin_size, p, i.to(start.dtype), g)
+    if far is not None:  # needs_float64's ROIs in float64
+        coord64 = sample_coordinates(start.double()[:, None, None], bin_size.double(), p.double(), i, g.double())
+        coord = torch.where(far, coord64, coord.double())
+    valid = on_map(coord, size) & (i < g)
     return bilinear_taps(coord, valid, g, size, start.dtype)
 
 
@@ -148,15 +202,18 @@ def bilinear_taps(
     """The two linear-interpolation taps of sample coordinates ``coord`` along an axis of ``size``
     pixels (clamp to >= 0, ``low = floor``, the last pixel's rule), weighted by ``valid / g``.
 
-    Shared by the upright geometry (``coord`` (n, P, G)) and the rotated one
-    (:mod:`.rotated_geometry`, ``coord`` (n, Ph, Pw, Gh, Gw)); ``g`` broadcasts against ``coord``.
+    Shared by the upright geometry (``coord`` (n, P, G)), the flat tap lists (:mod:`.axis_taps`,
+    ``coord`` (S,) with ``size`` an (S,) int64 tensor: each sample's own map) and the rotated
+    geometry (:mod:`.rotated_geometry`, ``coord`` (n, Ph, Pw, Gh, Gw)); ``g`` broadcasts.
     Returns :class:`AxisSamples` in ``dtype``.
     """
     c = coord.clamp(min=0)
     low = c.floor().to(torch.int64)
-    at_edge = low >= size - 1
-    low = torch.where(at_edge, torch.full_like(low, size - 1), low).clamp(min=0)
-    high = torch.where(at_edge, low, low + 1).clamp(max=max(size - 1, 0))
+    last = size - 1  # the last pixel: an int, or an int64 tensor of each sample's map
+    at_edge = low >= last
+    low = torch.where(at_edge, last, low).clamp(min=0)
+    high = torch.where(at_edge, low, low + 1)
+    high = high.clamp(max=max(last, 0)) if isinstance(last, int) else torch.minimum(high, last.clamp(min=0))
     frac = torch.where(at_edge, torch.zeros_like(c), c - low.to(c.dtype)).to(dtype)
     coord = coord.to(dtype)
     scale = valid.to(dtype) / g
@@ -212,11 +269,7 @@ def sample_groups(
         if rois.numel() == 0:
             continue
         start_x, start_y, width, height = level_boxes(boxes[rois], scale, aligned)
-        if sampling_ratio > 0:
-            gh = gw = torch.full_like(rois, sampling_ratio)
-        else:
-            gh = torch.ceil(height / ph).to(torch.int64).clamp(min=0)
-            gw = torch.ceil(width / pw).to(torch.int64).clamp(min=0)
+        gh, gw = samples_per_bin(height, ph, sampling_ratio), samples_per_bin(width, pw, sampling_ratio)
         groups = []
         for sel, g_h, g_w in grid_groups(gh, gw):
             if g_h == 0 or g_w == 0:  # empty aligned ROIs: no samples, output 0

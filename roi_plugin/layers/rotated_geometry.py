@@ -23,10 +23,12 @@ CPU/CUDA kernel (detectron2/layers/csrc/ROIAlignRotated), formula for formula.
 
 Unlike upright boxes the samples are not separable, so each group carries *dense* samples,
 (n, Ph, Pw, gh, gw) per axis (see :class:`.geometry.SampleGroup`); the validity of a sample
-(both coordinates inside) is in the weights of both axes. Coordinates are computed in float64
-whatever the features' dtype (only the weights are cast), so float32 features are pooled at
-float32 precision of the features, not of the geometry. The upright geometry's huge-box window
-is not applied: an ROI lays out all ``Ph * Pw * gh * gw`` samples, fine for boxes of the
+(both coordinates inside) is in the weights of both axes. The rules (samples per bin, sample
+coordinates, validity, taps) are :mod:`.geometry`'s functions. Coordinates are computed in
+float64 whatever the features' dtype (only the weights are cast), rather than by
+:func:`.geometry.needs_float64`: the rotation mixes both axes' extents into each coordinate,
+so float32 features are pooled at float32 precision of the features, not of the geometry.
+The upright geometry's huge-box window is not applied: an ROI lays out all ``Ph * Pw * gh * gw`` samples, fine for boxes of the
 image's size (a box of 10^4 px at stride 32 has 45 x 45 samples per bin) but growing with the
 square of the box side under adaptive sampling.
 """
@@ -35,7 +37,9 @@ from typing import List, Tuple
 
 import torch
 
-from .geometry import AxisSamples, LevelSamples, SampleGroup, bilinear_taps, grid_groups
+from .geometry import (
+    AxisSamples, LevelSamples, SampleGroup, bilinear_taps, grid_groups, on_map, sample_coordinates, samples_per_bin,
+)
 
 __all__ = ["rotated_level_boxes", "rotated_samples", "rotated_sample_groups"]
 
@@ -78,12 +82,12 @@ def rotated_samples(
     i = torch.arange(g_h, **f64)[None, None, None, :, None] + 0.5
     j = torch.arange(g_w, **f64)[None, None, None, None, :] + 0.5
     # The kernel's association: start + p*bin + (i+0.5)*bin/grid, then the rotation.
-    yy = -(height / 2.0)[:, None, None, None, None] + p_y * bin_h + i * bin_h / gy  # (n, ph, 1, Gh, 1)
-    xx = -(width / 2.0)[:, None, None, None, None] + p_x * bin_w + j * bin_w / gx  # (n, 1, pw, 1, Gw)
+    yy = sample_coordinates(-(height / 2.0)[:, None, None, None, None], bin_h, p_y, i, gy)  # (n, ph, 1, Gh, 1)
+    xx = sample_coordinates(-(width / 2.0)[:, None, None, None, None], bin_w, p_x, j, gx)  # (n, 1, pw, 1, Gw)
     cos, sin = (t[:, None, None, None, None] for t in (torch.cos(theta), torch.sin(theta)))
     y = yy * cos - xx * sin + cy[:, None, None, None, None]  # (n, ph, pw, Gh, Gw)
     x = yy * sin + xx * cos + cx[:, None, None, None, None]
-    valid = (y >= -1.0) & (y <= h) & (x >= -1.0) & (x <= w) & (i < gy) & (j < gx)
+    valid = on_map(y, h) & on_map(x, w) & (i < gy) & (j < gx)
     # Validity in both axes' weights: their product is valid / (gh * gw), the kernel's mean.
     return bilinear_taps(y, valid, gy.to(dtype), h, dtype), bilinear_taps(x, valid, gx.to(dtype), w, dtype)
 
@@ -114,11 +118,7 @@ def rotated_sample_groups(
         if rois.numel() == 0:
             continue
         cx, cy, width, height, theta = rotated_level_boxes(boxes[rois], scale)
-        if sampling_ratio > 0:
-            gh = gw = torch.full_like(rois, sampling_ratio)
-        else:
-            gh = torch.ceil(height / ph).to(torch.int64).clamp(min=0)
-            gw = torch.ceil(width / pw).to(torch.int64).clamp(min=0)
+        gh, gw = samples_per_bin(height, ph, sampling_ratio), samples_per_bin(width, pw, sampling_ratio)
         groups = []
         for sel, g_h, g_w in grid_groups(gh, gw, exact_up_to=_EXACT_GRID):
             if g_h == 0 or g_w == 0:  # zero-size ROIs under adaptive sampling: no samples, output 0

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from .geometry import level_boxes
+from .geometry import compute_dtype, level_boxes, on_map, sample_coordinates, samples_per_bin
 
 __all__ = ["EXPORT_MAX_GRID", "grid_sample_static", "roi_align_levels"]
 
@@ -68,7 +68,7 @@ def roi_align_levels(
         (K, C, h, w) in the maps' dtype (sampled in float32, float64 for float64 maps).
     """
     dtype = x[0].dtype
-    compute = torch.float64 if dtype == torch.float64 else torch.float32
+    compute = compute_dtype(dtype)
     rois = rois.to(compute)
     out = torch.zeros(0)
     for level in range(len(x)):
@@ -101,8 +101,8 @@ def _static_axis_samples(
     p = torch.arange(pooled, device=start.device, dtype=start.dtype)[None, :, None]
     i = torch.arange(gmax, device=start.device, dtype=start.dtype)[None, None, :] + 0.5
     # g == 0 (empty aligned ROI) has no valid sample; clamp only to keep the division finite.
-    coord = start[:, None, None] + p * bin_size + i * bin_size / g.clamp(min=1)
-    valid = (coord >= -1.0) & (coord <= size) & (i < g)
+    coord = sample_coordinates(start[:, None, None], bin_size, p, i, g.clamp(min=1))
+    valid = on_map(coord, size) & (i < g)
     norm = (2 * torch.minimum(coord.clamp(min=0), (size - 1) + torch.zeros_like(coord)) + 1) / size - 1
     weight = valid.to(coord.dtype) / g.clamp(min=1)
     return norm.flatten(1), weight.flatten(1)
@@ -125,8 +125,8 @@ def grid_sample_static(
     """
     ph, pw = output_size
     dtype = x[0].dtype
-    compute_dtype = torch.float64 if dtype == torch.float64 else torch.float32
-    boxes = rois[:, 1:].to(compute_dtype)
+    work = compute_dtype(dtype)
+    boxes = rois[:, 1:].to(work)
     image = rois[:, 0].to(torch.int64)
     gmax = sampling_ratio if sampling_ratio > 0 else int(max_grid)
     if gmax < 1:
@@ -135,21 +135,18 @@ def grid_sample_static(
     for level, (feat, scale) in enumerate(zip(x, scales)):
         bsz, channels, h, w = feat.shape
         start_x, start_y, width, height = level_boxes(boxes, scale, aligned)
-        if sampling_ratio > 0:
-            gh = gw = torch.full_like(image, gmax)
-        else:
-            gh = torch.ceil(height / ph).clamp(min=0, max=gmax).to(torch.int64)
-            gw = torch.ceil(width / pw).clamp(min=0, max=gmax).to(torch.int64)
+        gh = samples_per_bin(height, ph, sampling_ratio, max_grid=gmax)
+        gw = samples_per_bin(width, pw, sampling_ratio, max_grid=gmax)
         gy, wy = _static_axis_samples(start_y, height, ph, gh, gmax, h)  # (K, ph*G)
         gx, wx = _static_axis_samples(start_x, width, pw, gw, gmax, w)  # (K, pw*G)
         grid = torch.stack(torch.broadcast_tensors(gx[:, None, :], gy[:, :, None]), -1)
         grid = grid.reshape(1, -1, pw * gmax, 2).expand(bsz, -1, -1, -1)  # (B, K*ph*G, pw*G, 2)
         samples = F.grid_sample(
-            feat.to(compute_dtype), grid, mode="bilinear", padding_mode="border", align_corners=False
+            feat.to(work), grid, mode="bilinear", padding_mode="border", align_corners=False
         ).reshape(bsz, channels, -1, ph * gmax, pw * gmax)
         # weight (B, K, ph*G, pw*G): validity x 1/(gh*gw) x "on this level" x "of this image"
-        on_level = (level_of == level).to(compute_dtype)
-        of_image = (image[None, :] == torch.arange(bsz, device=image.device)[:, None]).to(compute_dtype)
+        on_level = (level_of == level).to(work)
+        of_image = (image[None, :] == torch.arange(bsz, device=image.device)[:, None]).to(work)
         weight = wy[:, :, None] * wx[:, None, :] * on_level[:, None, None]
         weight = weight[None] * of_image[:, :, None, None]
         pooled = (samples * weight[:, None]).sum(0)  # (C, K, ph*G, pw*G)

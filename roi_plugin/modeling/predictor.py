@@ -1,12 +1,16 @@
 # Copyright (c) roi_plugin authors. Licensed under the Apache License 2.0.
+"""The Fast R-CNN box predictor (``cls_score`` / ``bbox_pred``) that roi_plugin puts in models,
+upright and rotated: Detectron2's ``FastRCNNOutputLayers`` with the plugin's initialisation.
+:func:`~roi_plugin.modeling.convert.predictor_from_output_layers` converts a built one."""
 from torch import nn
 
 from detectron2.config import configurable
 from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
+from detectron2.modeling.roi_heads.rotated_fast_rcnn import RotatedFastRCNNOutputLayers
 
 from ..config import roi_plugin_cfg
 
-__all__ = ["FastRCNNPredictor"]
+__all__ = ["FastRCNNPredictor", "RotatedFastRCNNPredictor"]
 
 
 class FastRCNNPredictor(FastRCNNOutputLayers):
@@ -41,3 +45,14 @@ class FastRCNNPredictor(FastRCNNOutputLayers):
         ret["cls_score_std"] = plugin.CLS_SCORE_INIT_STD
         ret["bbox_pred_std"] = plugin.BBOX_PRED_INIT_STD
         return ret
+
+
+class RotatedFastRCNNPredictor(FastRCNNPredictor, RotatedFastRCNNOutputLayers):
+    """:class:`FastRCNNPredictor` for rotated boxes.
+
+    Nothing is written here: the method resolution order gives roi_plugin's initialisation
+    (``FastRCNNPredictor.__init__``, ``ROI_PLUGIN.*_INIT_STD``), Detectron2's
+    ``Box2BoxTransformRotated`` (``RotatedFastRCNNOutputLayers.from_config``, so ``bbox_pred``
+    has 5 outputs per class) and Detectron2's rotated inference (rotated NMS). Parameter names
+    are those of ``RotatedFastRCNNOutputLayers``.
+    """
