@@ -36,7 +36,7 @@ import torch
 
 from .gather import gather_backward, gather_forward
 from .gather_plan import gather_plan, upright_gather_plan
-from .geometry import sample_groups
+from .geometry import compute_dtype, sample_groups
 from .grid_sample import grid_sample_roi_align, grid_sample_roi_align_backward
 from .levels import route_boxes
 from .rotated_geometry import rotated_sample_groups
@@ -106,10 +106,10 @@ def _prepare(rois: torch.Tensor, batch_size: int, dtype: torch.dtype, scales: Se
                          f"got {tuple(rois.shape)}")
     if check and rois.numel():
         _check_rois(rois, batch_size, width == 6)
-    compute_dtype = torch.float64 if dtype == torch.float64 else torch.float32
-    boxes = rois[:, 1:].to(compute_dtype)
+    work = compute_dtype(dtype)
+    boxes = rois[:, 1:].to(work)
     level_of = route_boxes(boxes, scales, canonical_box_size, canonical_level)
-    return _Rois(boxes, rois[:, 0].to(torch.int64), level_of, compute_dtype)
+    return _Rois(boxes, rois[:, 0].to(torch.int64), level_of, work)
 
 
 def _threads(single_thread: bool, device: torch.device):

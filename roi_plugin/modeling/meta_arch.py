@@ -7,8 +7,8 @@ A model whose ROI heads have no plugin class (DensePose, TridentNet, PointSup, a
 every training script that calls it pick it up) builds the meta-architecture named by
 ``MODEL.ROI_PLUGIN.META_ARCHITECTURE`` (default ``GeneralizedRCNN``) from the same config, and
 returns it converted by :func:`~roi_plugin.modeling.convert.convert_model` with sampler
-``MODEL.ROI_PLUGIN.SAMPLER`` (and ``SINGLE_THREAD``). The model keeps its own class, so checkpoints, evaluation and
-export are unchanged. A script that never calls ``add_roi_plugin_config`` (a project's
+``MODEL.ROI_PLUGIN.SAMPLER`` (and ``SINGLE_THREAD``). The model keeps its own class, so
+checkpoints, evaluation and export are unchanged. A script that never calls ``add_roi_plugin_config`` (a project's
 ``train_net.py`` with ``import roi_plugin`` added) gets the keys' defaults.
 """
 from detectron2.modeling import META_ARCH_REGISTRY

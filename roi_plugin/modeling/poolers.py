@@ -28,6 +28,7 @@ from torch import nn
 from detectron2.structures import Boxes
 
 from ..layers import roi_align_ops  # noqa: F401  (registers torch.ops.roi_plugin.*)
+from ..layers.geometry import compute_dtype
 from ..layers.levels import pyramid_levels, route_boxes
 from ..layers.roi_align_ops import POOLER_TYPES, SAMPLERS
 from ..layers.static import EXPORT_MAX_GRID, grid_sample_static, roi_align_levels
@@ -194,8 +195,7 @@ class ROIAlignPooler(nn.Module):
         Returns:
             (K, C, h, w) pooled features in the features' dtype.
         """
-        compute_dtype = torch.float64 if x[0].dtype == torch.float64 else torch.float32
-        level_of = route_boxes(rois[:, 1:].to(compute_dtype), self.scales, float(self.canonical_box_size),
+        level_of = route_boxes(rois[:, 1:].to(compute_dtype(x[0].dtype)), self.scales, float(self.canonical_box_size),
                                self.canonical_level)
         return grid_sample_static(x, rois, level_of, self.scales, self.output_size,
                                   self.sampling_ratio, self.aligned, max_grid)
