@@ -11,7 +11,7 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "tools"))
 
-import benchmark  # noqa: E402
+from bench.conditions import busy_core  # noqa: E402
 
 
 def cpu_seconds(pid: int) -> float:
@@ -22,14 +22,14 @@ def cpu_seconds(pid: int) -> float:
 
 
 def test_busy_core_runs_a_spinning_process_and_stops_it():
-    with benchmark.busy_core(True) as busy:
+    with busy_core(True) as busy:
         assert busy.proc.poll() is None
         t0, c0 = time.monotonic(), cpu_seconds(busy.proc.pid)
         time.sleep(1.0)
         share = (cpu_seconds(busy.proc.pid) - c0) / (time.monotonic() - t0)
         assert share > 0.3  # it spins (a core shared with this test's own work at worst)
     assert busy.proc.poll() is not None  # killed and reaped
-    with benchmark.busy_core(False) as idle:
+    with busy_core(False) as idle:
         assert idle.proc is None
 
 
