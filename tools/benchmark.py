@@ -85,9 +85,8 @@ def parse_args(argv=None):
     if args.profile:
         parts = args.profile.split(":")
         if len(parts) != 3 or parts[0] not in IMPL_NAMES or parts[1] not in CASE_NAMES or parts[2] not in MODES:
-            parser.error(f"--profile {args.profile}: expected IMPL:CASE:MODE with IMPL one of "
-                         f"{', '.join(IMPL_NAMES)}, "
-                         f"CASE one of {', '.join(CASE_NAMES)}, MODE one of {', '.join(MODES)}")
+            parser.error(f"--profile {args.profile}: expected IMPL:CASE:MODE, IMPL one of {', '.join(IMPL_NAMES)}; "
+                         f"CASE one of {', '.join(CASE_NAMES)}; MODE one of {', '.join(MODES)}")
     return args
 
 
