@@ -58,12 +58,16 @@ from detectron2.structures import Boxes, RotatedBoxes  # noqa: E402
 
 from roi_plugin import SAMPLERS, ROIAlignPooler  # noqa: E402
 
-import benchmark  # noqa: E402  (this folder, tools/)
+from bench.cases import (  # noqa: E402  (this folder, tools/)
+    IMPL_NAMES, SCALES, Case, build_pooler, image_size, make_boxes, make_step, pooler_cases,
+)
+from bench.models import MODEL_KEYS, model_bench  # noqa: E402
+from bench.report import machine_info  # noqa: E402
+from timing import fmt_t, interleaved, ratio as median_ratio  # noqa: E402
 import pooler_accuracy  # noqa: E402
 import rotated_pooler_accuracy  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCALES = benchmark.SCALES
 SKIPPED = "skipped: no CUDA device"
 # Errors any implementation may have in a dtype: float32, torchvision's own kernel is 1e-4-2e-4 off
 # float64 on these inputs (results/pooler_accuracy.md); half precision, 8 ulp at 1.0.
@@ -114,8 +118,8 @@ def pooler_step(impl, output, ratio, rois, hw, device, channels=256):
     g = torch.Generator().manual_seed(0)
     feats = [torch.randn(2, channels, math.ceil(h * s), math.ceil(w * s), generator=g).to(device).requires_grad_()
              for s in SCALES]
-    boxes = benchmark.make_boxes(2, rois, h, w, device.type)
-    pooler = benchmark.build_pooler(impl, benchmark.Case("", "", output, rois, ratio, ()), hw)
+    boxes = make_boxes(2, rois, h, w, device.type)
+    pooler = build_pooler(impl, Case("", "", output, rois, ratio, ()), hw)
     args = [Boxes(b) for b in boxes] if impl == "detectron2" else boxes
 
     def step():
@@ -307,7 +311,7 @@ def train_losses(config, device, batches, seed=42):
 
 
 def determinism(report, device, quick):
-    hw = benchmark.image_size(quick)
+    hw = image_size(quick)
     # (output, sampling ratio, ROIs per image, image size, channels): the benchmark's training cases
     # on CUDA; a small mask case on the CPU.
     cases = [(7, 0, 512, hw, 256), (7, 2, 512, hw, 256)] if device.type == "cuda" else [(14, 0, 16, (128, 192), 16)]
@@ -320,7 +324,7 @@ def determinism(report, device, quick):
         for case in cases:
             cells = [repeated_backward(impl, case, device, flag) for flag in (True, False)]
             out, ratio, rois, (h, w), ch = case
-            report.add(f"| {benchmark.IMPL_NAMES[impl]} | {out}x{out}, ratio {ratio}, {rois} ROIs/image, {h}x{w}, "
+            report.add(f"| {IMPL_NAMES[impl]} | {out}x{out}, ratio {ratio}, {rois} ROIs/image, {h}x{w}, "
                        f"{ch} channels | {device.type} | {cells[0]} | {cells[1]} |")
     if device.type != "cuda":
         report.add("", f"CUDA rows and the training runs: {SKIPPED}.", "")
@@ -378,7 +382,7 @@ def memory(report, device, quick):
     if device.type != "cuda":
         report.add(f"{SKIPPED}.", "")
         return
-    hw = benchmark.image_size(quick)
+    hw = image_size(quick)
     report.add(
         "A training step (forward + backward, 7x7, 2 images, P2..P5, tools/benchmark.py's boxes) under "
         "`torch.use_deterministic_algorithms(True)`: the plugin's `gather` sampler against Detectron2's "
@@ -424,34 +428,34 @@ def speed(report, device, quick):
         report.add(f"{SKIPPED} (the CPU figures are BENCHMARKS.md's, tools/benchmark.py).", "")
         return
     reps = 3 if quick else 7
-    h, w = benchmark.image_size(quick)
+    h, w = image_size(quick)
     report.add(f"tools/benchmark.py's pooler cases (2 images {h}x{w}, P2..P5 with 256 channels, ROIAlignV2), "
                f"{reps} repetitions after warm-up, interleaved, `torch.cuda.synchronize()` around each; median "
                "(min-max) ms; ratio: median of per-repetition ratios to `ROIPooler`.", "",
                "| case | mode | implementation | time ms | ratio |", "|---|---|---|---|---|")
-    for case in benchmark.pooler_cases(quick):
+    for case in pooler_cases(quick):
         if case.name == "notebook":
             continue
         for mode in case.modes:
-            steps = {impl: benchmark.make_step(impl, case, mode, quick, device.type) for impl in case.impls}
-            times = benchmark.interleaved(steps, reps, 2, device.type)
+            steps = {impl: make_step(impl, case, mode, quick, device.type) for impl in case.impls}
+            times = interleaved(steps, reps, 2, device.type)
             for impl in case.impls:
-                report.add(f"| {case.description}, {case.rois} ROIs/image | {mode} | {benchmark.IMPL_NAMES[impl]} | "
-                           f"{benchmark.fmt_t(times[impl])} | "
-                           f"{benchmark.ratio(times[impl], times['detectron2']):.2f}x |")
-    mcase = benchmark.MODEL_CASES[0]
+                report.add(f"| {case.description}, {case.rois} ROIs/image | {mode} | {IMPL_NAMES[impl]} | "
+                           f"{fmt_t(times[impl])} | "
+                           f"{median_ratio(times[impl], times['detectron2']):.2f}x |")
+    mcase = MODEL_KEYS["r50"]
     try:
-        res = benchmark.model_bench(mcase, quick, device.type, 2 if quick else 5)
+        res = model_bench(mcase, quick, device.type, 2 if quick else 5)
         report.add("", f"Whole model, `{mcase.config}` (random init) with the plugin heads vs the built-in heads, "
                    "same weights and input:", "", "| pass | built-in ms | plugin ms | ratio |", "|---|---|---|---|")
         for name, t in res.items():
-            report.add(f"| {name} | {benchmark.fmt_t(t['builtin'])} | {benchmark.fmt_t(t['plugin'])} | "
-                       f"{benchmark.ratio(t['plugin'], t['builtin']):.2f}x |")
+            report.add(f"| {name} | {fmt_t(t['builtin'])} | {fmt_t(t['plugin'])} | "
+                       f"{median_ratio(t['plugin'], t['builtin']):.2f}x |")
     except Exception as e:
         report.add("", f"Whole model: {first_line(e)}")
     # What a profile of the default pooler's training step shows (item 5's next step).
-    case = {c.name: c for c in benchmark.pooler_cases(quick)}["train_r0"]
-    step = benchmark.make_step("gather", case, "fwd+bwd", quick, device.type)
+    case = {c.name: c for c in pooler_cases(quick)}["train_r0"]
+    step = make_step("gather", case, "fwd+bwd", quick, device.type)
     step()
     sync(device)
     acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
@@ -498,7 +502,7 @@ def header(device, quick):
             f"- device: {dev}",
             f"- torch {torch.__version__}, torchvision {torchvision.__version__}, detectron2 {detectron2.__version__} "
             f"({d2c}), Python {platform.python_version()}",
-            *benchmark.machine_info("cpu")[:1],
+            *machine_info("cpu")[:1],
             f"- `CUBLAS_WORKSPACE_CONFIG={os.environ['CUBLAS_WORKSPACE_CONFIG']}` (deterministic cuBLAS)", ""]
 
 

@@ -10,7 +10,7 @@ Needs a Detectron2 whose compiled ``_C`` loads (built from source: ``python setu
   (random) upstream gradient, between the two, and of each to the compiled kernel run in
   float64 (its CPU kernel is templated on the dtype), which says whose rounding a difference is;
 * the time of a training step (forward + backward) at 1 thread: median over repetitions in
-  which the implementations are interleaved (tools/benchmark.py's ``interleaved``), and the
+  which the implementations are interleaved (tools/timing.py's ``interleaved``), and the
   ratio plugin / compiled as the median of per-repetition ratios.
 
 Input: tools/rotated_pooler_accuracy.py's (2 images 800x1216, P2..P5, rotated ROIs with
@@ -33,7 +33,8 @@ from detectron2.structures import RotatedBoxes
 from roi_plugin import SAMPLERS, ROIAlignPooler
 
 import rotated_pooler_accuracy  # noqa: E402  (this folder, tools/): the input
-from benchmark import fmt_t, interleaved, machine_info, ratio  # noqa: E402
+from bench.report import machine_info  # noqa: E402
+from timing import fmt_t, interleaved, ratio  # noqa: E402
 
 SCALES = rotated_pooler_accuracy.SCALES
 

@@ -1,15 +1,17 @@
 # Copyright (c) roi_plugin authors. Licensed under the Apache License 2.0.
-"""Timing helpers shared by the tools (and their tests): a median wall time, and what
-``torch.compile`` did to a module (frames, recompiles, graph breaks)."""
-from typing import Dict, Sequence
-
+"""Timing helpers shared by the tools (and their tests): a median wall time; implementations
+timed side by side with their repetitions interleaved, their times and ratios as the tables
+print them; and what ``torch.compile`` did to a module (frames, recompiles, graph breaks)."""
+import gc
+import statistics
 import time
+from typing import Callable, Dict, List, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["time_call", "compile_counts"]
+__all__ = ["time_call", "interleaved", "fmt_t", "ratio", "sync", "compile_counts"]
 
 
 def time_call(fn, repeats: int = 3) -> float:
@@ -21,6 +23,48 @@ def time_call(fn, repeats: int = 3) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return float(np.median(times))
+
+
+def sync(device: str):
+    """Wait for the device's queued work (CUDA); nothing on the CPU."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def interleaved(steps: Dict[str, Callable[[], None]], reps: int, warmup: int, device: str) -> Dict[str, List[float]]:
+    """Wall time (s) of each step, ``reps`` times, after ``warmup`` calls of each.
+
+    The order rotates every repetition (A B C, B C A, C A B, ...), so that load from other
+    processes hits all steps alike and repetition ``r`` of one step can be compared with
+    repetition ``r`` of another (:func:`ratio`). A garbage collection and a device sync precede
+    each timed call, outside the timed region.
+    """
+    names = list(steps)
+    for _ in range(warmup):
+        for n in names:
+            steps[n]()
+    sync(device)
+    times: Dict[str, List[float]] = {n: [] for n in names}
+    for r in range(reps):
+        order = names[r % len(names):] + names[: r % len(names)]
+        for n in order:
+            gc.collect()
+            sync(device)
+            t0 = time.perf_counter()
+            steps[n]()
+            sync(device)
+            times[n].append(time.perf_counter() - t0)
+    return times
+
+
+def fmt_t(ts: List[float]) -> str:
+    """Times in seconds as the tables print them: median (min-max) in ms."""
+    return f"{statistics.median(ts) * 1e3:.0f} ({min(ts) * 1e3:.0f}-{max(ts) * 1e3:.0f})"
+
+
+def ratio(ts: List[float], ref: List[float]) -> float:
+    """Median over repetitions of ``ts[r] / ref[r]``, both from one :func:`interleaved` run."""
+    return statistics.median([a / b for a, b in zip(ts, ref)])
 
 
 def compile_counts(module: nn.Module, calls: Sequence[tuple], **compile_kwargs) -> Dict[str, object]:
