@@ -445,7 +445,7 @@ def speed(report, device, quick):
                            f"{median_ratio(times[impl], times['detectron2']):.2f}x |")
     mcase = MODEL_KEYS["r50"]
     try:
-        res = model_bench(mcase, quick, device.type, 2 if quick else 5)
+        res = model_bench(mcase, quick, device.type, 2 if quick else 5, variants=("builtin", "plugin"))
         report.add("", f"Whole model, `{mcase.config}` (random init) with the plugin heads vs the built-in heads, "
                    "same weights and input:", "", "| pass | built-in ms | plugin ms | ratio |", "|---|---|---|---|")
         for name, t in res.items():

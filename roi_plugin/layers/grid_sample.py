@@ -203,10 +203,15 @@ def _units_layout(bsz: int, sets, dtype: torch.dtype, device: torch.device) -> _
     by_image = torch.argsort(unit_image, stable=True)
     sorted_image = unit_image[by_image]
 
+    counts = torch.bincount(unit_image, minlength=bsz)  # units per image (no weights: deterministic on CUDA)
+    ends = torch.cumsum(counts, 0)  # each image's units end there in by_image order
+
     def starts(sizes):
-        before = torch.cumsum(sizes[by_image], 0) - sizes[by_image]
-        totals = torch.bincount(unit_image, weights=sizes.double(), minlength=bsz).long()
-        first = torch.cumsum(totals, 0) - totals
+        csum = torch.cumsum(sizes[by_image], 0)
+        before = csum - sizes[by_image]
+        csum0 = torch.cat([csum.new_zeros(1), csum])
+        first = csum0[ends - counts]  # each image's first position
+        totals = csum0[ends] - first
         out = torch.empty_like(sizes)
         out[by_image] = before - first[sorted_image]
         return out, int(totals.max()) if totals.numel() else 0

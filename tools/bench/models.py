@@ -91,9 +91,11 @@ def model_inputs(height: int, width: int, device: str, batch: int, num_classes: 
     return inputs
 
 
-def model_bench(case: ModelCase, quick: bool, device: str, reps: int) -> Dict[str, Dict[str, List[float]]]:
-    """``{pass: {variant: seconds per repetition}}`` for the training and the inference pass,
-    each after one warm-up call of every variant (which compiles ``plugin_compiled``)."""
+def model_bench(case: ModelCase, quick: bool, device: str, reps: int,
+                variants=VARIANTS) -> Dict[str, Dict[str, List[float]]]:
+    """``{pass: {variant: seconds per repetition}}`` for the training and the inference pass of
+    ``variants`` (of :data:`VARIANTS`), each after one warm-up call of every variant (which
+    compiles ``plugin_compiled``)."""
     from detectron2.utils.events import EventStorage
 
     plugin, builtin, num_classes = build_models(case, device)
@@ -120,13 +122,14 @@ def model_bench(case: ModelCase, quick: bool, device: str, reps: int) -> Dict[st
         return step
 
     # The plugin model with torch.compile(model.roi_heads) (default settings, compiled in the warm-up).
-    torch._dynamo.reset()
-    compiled = copy.deepcopy(plugin)
-    compiled.roi_heads = torch.compile(compiled.roi_heads)
-    models = {"builtin": builtin, "plugin": plugin, "plugin_compiled": compiled}
-    train = interleaved({v: train_step(models[v]) for v in VARIANTS}, reps, 1, device)
+    models = {"builtin": builtin, "plugin": plugin}
+    if "plugin_compiled" in variants:
+        torch._dynamo.reset()
+        models["plugin_compiled"] = copy.deepcopy(plugin)
+        models["plugin_compiled"].roi_heads = torch.compile(models["plugin_compiled"].roi_heads)
+    train = interleaved({v: train_step(models[v]) for v in variants}, reps, 1, device)
     print(f"[model] {case.title}: inference", file=sys.stderr, flush=True)
-    infer = interleaved({v: infer_step(models[v]) for v in VARIANTS}, reps, 1, device)
+    infer = interleaved({v: infer_step(models[v]) for v in variants}, reps, 1, device)
     return {f"train ({case.train_batch} images, fwd+bwd)": train, "inference (1 image)": infer}
 
 
