@@ -83,8 +83,8 @@ TINY_OVERRIDES = [
 def tiny_cfg(sampler="gather", *overrides):
     """``configs/mask_rcnn_R_50_FPN_1x_plugin.yaml`` shrunk for CPU tests (``TINY_OVERRIDES``)
     with ``sampler``; ``overrides`` are further ``KEY, VALUE`` pairs as on a command line."""
-    return shipped_cfg("mask_rcnn_R_50_FPN_1x_plugin.yaml", *TINY_OVERRIDES, "MODEL.ROI_PLUGIN.SAMPLER", sampler,
-                       *overrides)
+    return shipped_cfg("mask_rcnn_R_50_FPN_1x_plugin.yaml", *TINY_OVERRIDES,
+                       "MODEL.ROI_PLUGIN.SAMPLER", sampler, *overrides)
 
 
 # The shapes job (``./run.sh train``) at 128 pixels, 2 images a batch, few proposals, no workers.
@@ -195,7 +195,8 @@ def torchvision_reference(feats, box_lists, output_size, sampling_ratio, aligned
     for lvl, (f, scale) in enumerate(zip(feats, SCALES)):
         sel = (levels == lvl).nonzero().flatten()
         if len(sel):
-            out[sel] = roi_align(f.to(dtype), rois[sel].to(dtype), output_size, scale, sampling_ratio, aligned)
+            out[sel] = roi_align(f.to(dtype), rois[sel].to(dtype), output_size, scale, sampling_ratio,
+                                 aligned)
     return out
 
 

@@ -33,7 +33,8 @@ from detectron2.utils.events import EventStorage
 
 import roi_plugin  # noqa: F401  (registers detectron2::box_iou_rotated / nms_rotated)
 from roi_plugin.layers.rotated_ops import box_iou_rotated
-from rotated_reference import detectron2_compiled, reference_level_pooler
+from helpers import detectron2_compiled
+from rotated_reference import reference_level_pooler
 
 logger = logging.getLogger(__name__)
 

@@ -19,8 +19,7 @@ from roi_plugin import (
     ROIAlignPooler,
 )
 from checking import compare_outputs, leftover_builtin_modules
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import REPO
 
 
 def _inputs(in_features, strides, channels=256, seed=0, n=16):

@@ -7,14 +7,13 @@ import sys
 
 import pytest
 
-from rotated_reference import detectron2_compiled
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import REPO, detectron2_compiled
 
 
 def run_tool(*args):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), REPO) if p))
-    cmd = [sys.executable, os.path.join(REPO, "tools", "rotated_vs_compiled.py"), *args]
+    path = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), str(REPO)) if p)
+    env = dict(os.environ, PYTHONPATH=path)
+    cmd = [sys.executable, str(REPO / "tools" / "rotated_vs_compiled.py"), *args]
     return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
 
 
