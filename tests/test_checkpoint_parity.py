@@ -11,6 +11,8 @@ from roi_plugin import FastRCNNPredictor, ROIAlignPooler, TwoMLPHead
 
 from helpers import shipped_cfg
 
+pytestmark = pytest.mark.slow  # two R50-FPN models, built, saved, loaded and run
+
 
 def build(mask: bool, plugin: bool, sampler: str = "gather"):
     name = "mask_rcnn_R_50_FPN_1x_plugin.yaml" if mask else "faster_rcnn_R_50_FPN_1x_gridsample.yaml"

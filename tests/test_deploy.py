@@ -55,6 +55,7 @@ def assert_same_detections(ref, got, hw):
 
 
 # ------------------------------------------------------------------------------------ ONNX
+@pytest.mark.slow
 def test_whole_model_onnx_matches_eager(tmp_path):
     """Mask R-CNN with PluginROIHeads (adaptive sampling, the configs' default) through
     Detectron2's TracingAdapter to ONNX opset 17; onnxruntime on batches of 1, 2 and 3 images of
@@ -117,6 +118,7 @@ def test_whole_model_onnx_matches_eager(tmp_path):
     assert (raw["pred_classes"][1] == -1).all() and not raw["scores"][1].any()  # padding rows
 
 
+@pytest.mark.slow
 def test_export_model_tool(tmp_path):
     """tools/export_model.py: config + checkpoint -> model.onnx, --verify (batches 1-3 of other
     sizes and a blank image) and --compare-builtin, writing the results table."""
@@ -211,6 +213,7 @@ def test_c4_plugin_heads_script():
     assert_scripted_equals_eager(model, scripting_with_instances(model, SCRIPTED_FIELDS), images([(128, 160)], 5))
 
 
+@pytest.mark.slow
 def test_docs_cascade_heads_do_not_script_builtin_included():
     """Guards docs/deployment.md: Detectron2's CascadeROIHeads does not script, and neither does
     PluginCascadeROIHeads (the same RuntimeError from ``scripting_with_instances``)."""
@@ -222,6 +225,7 @@ def test_docs_cascade_heads_do_not_script_builtin_included():
 
 
 # -------------------------------------------------------------------- torch.compile / export
+@pytest.mark.slow
 def test_compile_pooler_no_recompiles():
     """Issue 15.2: torch.compile of the pooler on 10 different box sets (and ROI counts): no graph
     break, no recompile after the first call, results equal eager bit for bit (the pooler's
@@ -268,6 +272,7 @@ def test_compile_pooler_training_equals_eager():
         compiled(*feats, *boxes)
 
 
+@pytest.mark.slow
 def test_compile_roi_heads_matches_eager():
     """torch.compile of model.roi_heads (Detectron2's inference code around the plugin's
     modules) gives the eager detections; graph breaks are Detectron2's (Instances, per-image

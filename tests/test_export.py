@@ -203,6 +203,7 @@ def test_export_tool(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_export_tool_verifies_against_eager(tmp_path, capsys):
     """Issue 15.1: --verify compares onnxruntime with the eager model, not with the static path
     the graph was traced from. Under adaptive sampling (the FPN configs' default) the default

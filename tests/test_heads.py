@@ -177,6 +177,7 @@ def _twin_heads(name, sampler, box_head="FastRCNNConvFCHead"):
     return ours, ref
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,sampler,box_head", [
     ("PluginROIHeads", "gather", "TwoMLPHead"),
     ("GridSampleROIHeads", "grid_sample", "TwoMLPHead"),
@@ -211,6 +212,7 @@ def test_training_losses_and_gradients_equal_standard_roi_heads(name, sampler, b
     assert levels == ["p2", "p3", "p4", "p5"]  # ROIs reached every level
 
 
+@pytest.mark.slow
 def test_inference_equals_standard_roi_heads():
     ours, ref = _twin_heads("PluginROIHeads", "gather", "TwoMLPHead")
     feats, proposals, _ = _heads_inputs(seed=1)

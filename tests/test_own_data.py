@@ -68,6 +68,7 @@ def trained(shapes_val, small_json, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_train_and_evaluate_on_a_coco_json(trained):
     record = json.loads((trained / "final_metrics.json").read_text())
     res = record["results"]
@@ -164,6 +165,7 @@ def test_boxes_only_json_with_mask_on_exits_with_one_line(capsys, tmp_path, shap
 # ------------------------------------------------------------------------------------------
 # tools/demo.py
 # ------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_demo_writes_pictures_and_the_models_predictions(trained, shapes_val, tmp_path):
     images = tmp_path / "in"
     images.mkdir()
@@ -211,6 +213,7 @@ def test_demo_writes_pictures_and_the_models_predictions(trained, shapes_val, tm
     assert total > 0 and f"3 image(s), {total} detection(s)" in log
 
 
+@pytest.mark.slow
 def test_demo_with_nothing_readable_exits_non_zero(capsys, trained, tmp_path):
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"\x00" * 10)

@@ -200,6 +200,7 @@ GRAD_BOXES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sampler", SAMPLERS)
 @pytest.mark.parametrize("pooler_type", ["ROIAlignV2", "ROIAlign"])
 @pytest.mark.parametrize("sampling_ratio", [0, 2])

@@ -126,6 +126,7 @@ def test_rot90_of_the_map(sampler, sampling_ratio):
         torch.testing.assert_close(out, ours, atol=1e-9, rtol=0, msg=f"{k + 1} quarter turns")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sampler", SAMPLERS)
 @pytest.mark.parametrize("sampling_ratio", [0, 2])
 def test_gradcheck_float64(sampler, sampling_ratio):

@@ -17,6 +17,7 @@ def run_tool(*args):
     return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(detectron2_compiled(), reason="this Detectron2 has its compiled _C")
 def test_without_compiled_detectron2_one_line_error(tmp_path):
     res = run_tool("--out", str(tmp_path / "out.md"))
@@ -24,6 +25,7 @@ def test_without_compiled_detectron2_one_line_error(tmp_path):
     assert not (tmp_path / "out.md").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not detectron2_compiled(), reason="needs Detectron2's compiled _C (a build from source)")
 def test_tiny_run_writes_the_table(tmp_path):
     out = tmp_path / "out.md"

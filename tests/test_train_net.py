@@ -43,6 +43,7 @@ def _ddp_worker(out_dir, max_iter):
     torch.save({"initial": initial, "final": final}, os.path.join(out_dir, f"rank{comm.get_rank()}.pth"))
 
 
+@pytest.mark.slow
 def test_two_process_training_keeps_ranks_identical(tmp_path):
     """2 processes on CPU (gloo, through Detectron2's launch): DDP averages the gradients, so
     both ranks end with the same weights, which differ from the initial ones. DDP raises on
@@ -100,6 +101,7 @@ def _assert_same_state(a, b):
         assert a == b
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scheduler", ["WarmupCosineLR", "WarmupMultiStepLR"])
 def test_resume_continues_from_last_checkpoint(tmp_path, scheduler):
     train_net = load_tool("train_net")
@@ -146,6 +148,7 @@ def _cli_error(capsys, argv):
     return err
 
 
+@pytest.mark.slow
 def test_missing_config_file_exits_with_one_line():
     """End to end through the interpreter: non-zero exit, one line, no traceback."""
     proc = subprocess.run(

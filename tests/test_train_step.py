@@ -13,6 +13,8 @@ from roi_plugin import ROIAlignPooler
 
 from helpers import shipped_cfg
 
+pytestmark = pytest.mark.slow  # 4 iterations of DefaultTrainer per case
+
 
 def random_dataset(root, n=4, seed=0):
     """Random-noise images with random rectangles as boxes and polygon masks, one empty image."""
