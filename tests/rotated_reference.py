@@ -28,18 +28,7 @@ import torch
 from torch import nn
 from torch.nn.modules.utils import _pair
 
-__all__ = ["roi_align_rotated_reference", "ReferenceROIAlignRotated", "reference_level_pooler",
-           "detectron2_compiled"]
-
-
-def detectron2_compiled() -> bool:
-    """Whether Detectron2's compiled ``_C`` loads (a build from source; the pure-Python wheel has
-    none). It then defines ``ROIAlignRotated``'s kernel and the rotated IoU/NMS operators itself."""
-    try:
-        from detectron2 import _C  # noqa: F401
-    except ImportError:
-        return False
-    return True
+__all__ = ["roi_align_rotated_reference", "ReferenceROIAlignRotated", "reference_level_pooler"]
 
 
 def _bilinear_taps(height, width, y, x):

@@ -1,27 +1,22 @@
 """A Detectron2 Faster/Mask R-CNN R50-FPN checkpoint loads into the plugin model and detects the same."""
-import os
-
 import pytest
 import torch
 
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from detectron2.modeling.poolers import ROIPooler
 from detectron2.modeling.roi_heads import FastRCNNConvFCHead, StandardROIHeads
 
-from roi_plugin import FastRCNNPredictor, ROIAlignPooler, TwoMLPHead, add_roi_plugin_config
+from roi_plugin import FastRCNNPredictor, ROIAlignPooler, TwoMLPHead
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import shipped_cfg
+
+pytestmark = pytest.mark.slow  # two R50-FPN models, built, saved, loaded and run
 
 
 def build(mask: bool, plugin: bool, sampler: str = "gather"):
-    cfg = get_cfg()
-    add_roi_plugin_config(cfg)
     name = "mask_rcnn_R_50_FPN_1x_plugin.yaml" if mask else "faster_rcnn_R_50_FPN_1x_gridsample.yaml"
-    cfg.merge_from_file(os.path.join(REPO, "configs", name))
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.MODEL.WEIGHTS = ""
+    cfg = shipped_cfg(name)
     cfg.MODEL.ROI_HEADS.NUM_CLASSES = 5
     # Random init + FrozenBN: unit-variance input keeps the activations of 50 layers sane.
     cfg.MODEL.PIXEL_STD = [57.375, 57.120, 58.395]

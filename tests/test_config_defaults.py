@@ -1,19 +1,17 @@
 """Issue 15.4/15.5: configs that name the plugin heads without add_roi_plugin_config, and the
 README's rule for the box head."""
 import re
-import os
 
 import pytest
-import torch
 
 from detectron2 import model_zoo
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
-import roi_plugin
 from roi_plugin import PLUGIN_HEADS, ROIAlignPooler, add_roi_plugin_config, roi_plugin_cfg
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from checking import leftover_builtin_modules
+from helpers import REPO, shipped_cfg
 
 
 def _stock_cfg(name, *opts):
@@ -49,7 +47,7 @@ def test_plugin_heads_build_without_add_roi_plugin_config(heads):
 
 
 def test_readme_swap_table_matches_the_registry():
-    text = open(os.path.join(REPO, "README.md")).read()
+    text = (REPO / "README.md").read_text()
     rows = dict(re.findall(r"^\| `(\w+ROIHeads)` \| `(\w+ROIHeads)` \|", text, flags=re.M))
     assert rows == PLUGIN_HEADS
 
@@ -75,12 +73,8 @@ def test_gn_config_keeps_its_box_head_and_two_mlp_head_refuses_it():
     ("cascade_mask_rcnn_R_50_FPN_1x_plugin.yaml", "PluginCascadeROIHeads"),
 ])
 def test_shipped_family_configs_build_with_the_plugin_only(name, heads):
-    from checking import leftover_builtin_modules
-    cfg = get_cfg()
-    add_roi_plugin_config(cfg)
-    cfg.merge_from_file(os.path.join(REPO, "configs", name))
-    cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", "MODEL.RESNETS.WIDTH_PER_GROUP", 16,
-                         "MODEL.RESNETS.RES2_OUT_CHANNELS", 64, "MODEL.FPN.OUT_CHANNELS", 16])
+    cfg = shipped_cfg(name, "MODEL.RESNETS.WIDTH_PER_GROUP", 16, "MODEL.RESNETS.RES2_OUT_CHANNELS", 64,
+                      "MODEL.FPN.OUT_CHANNELS", 16)
     model = build_model(cfg)
     assert type(model.roi_heads).__name__ == heads and not leftover_builtin_modules(model)
     assert any(isinstance(m, ROIAlignPooler) for m in model.modules())

@@ -25,12 +25,11 @@ from detectron2.modeling.roi_heads.rotated_fast_rcnn import RotatedFastRCNNOutpu
 
 import roi_plugin
 from roi_plugin import (
-    FastRCNNPredictor, ROIAlignPooler, RotatedFastRCNNPredictor, add_roi_plugin_config, convert_model,
-    plan_conversion,
+    SAMPLERS, FastRCNNPredictor, ROIAlignPooler, RotatedFastRCNNPredictor, add_roi_plugin_config,
+    convert_model, plan_conversion,
 )
 from checking import check_conversion, config_route, conversion_ok, random_batch
-
-SAMPLERS = ("gather", "grid_sample")
+from helpers import tiny_cfg
 
 
 @ROI_HEADS_REGISTRY.register()
@@ -226,8 +225,6 @@ def test_module_in_a_plain_attribute_is_refused():
 def test_plugin_heads_initialise_as_the_builtin_heads():
     """Same seed -> the same weights as StandardROIHeads + FastRCNNConvFCHead (TwoMLPHead draws as
     it does) and the same RNG state after; non-default ROI_PLUGIN keys apply on top."""
-    from tiny_model import tiny_cfg
-
     cfg = tiny_cfg()
     builtin = cfg.clone()
     builtin.MODEL.ROI_HEADS.NAME, builtin.MODEL.ROI_BOX_HEAD.NAME = "StandardROIHeads", "FastRCNNConvFCHead"

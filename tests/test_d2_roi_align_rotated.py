@@ -5,8 +5,8 @@
 kernel (tests/rotated_reference.py), since detectron2's op needs the compiled _C.
 
 Ported from detectron2 (tests/layers/test_roi_align_rotated.py). Changes: the implementation
-under test is the class attribute ``ROIAlignRotated`` (the reference here; a subclass can run
-the same tests on another implementation, e.g. roi_plugin's pooler); ``_simple_roi_align_rotated``
+under test is the class attribute ``ROIAlignRotated`` (the reference here); the subclasses at the
+end run the same tests on roi_plugin's pooler, one level, each sampler; ``_simple_roi_align_rotated``
 returns the image's dtype (the reference computes in float64); the CUDA-only gradient comparison
 with ROIAlign also runs on the CPU (``test_roi_align_rotated_gradient_cpu``); the CPU-vs-CUDA
 comparison is skipped for the reference, which is CPU float64 only. Test bodies, expected
@@ -16,11 +16,14 @@ import logging
 import unittest
 import cv2
 import torch
+from torch import nn
 from torch.autograd import Variable, gradcheck
 
 from detectron2.layers.roi_align import ROIAlign
 
 from rotated_reference import ReferenceROIAlignRotated
+
+from roi_plugin import ROIAlignPooler
 
 logger = logging.getLogger(__name__)
 
@@ -192,6 +195,38 @@ class ROIAlignRotatedTest(unittest.TestCase):
         assert torch.allclose(
             x.grad, x_rotated.grad
         ), f"gradients for ROIAlign and ROIAlignRotated mismatch on {device}"
+
+
+# roi_plugin: the tests above on ROIAlignPooler(pooler_type="ROIAlignRotated"), one level, each sampler
+class _PoolerAsROIAlignRotated(nn.Module):
+    """``detectron2.layers.ROIAlignRotated``'s constructor and call on one pooler level."""
+
+    sampler = "gather"
+
+    def __init__(self, output_size, spatial_scale, sampling_ratio):
+        super().__init__()
+        self.pooler = ROIAlignPooler(output_size, (spatial_scale,), sampling_ratio, "ROIAlignRotated",
+                                     sampler=self.sampler)
+
+    def forward(self, input, rois):
+        assert rois.dim() == 2 and rois.size(1) == 6
+        image = rois[:, 0].long()
+        order = torch.argsort(image, stable=True)
+        lists = [rois[order][image[order] == i, 1:] for i in range(input.shape[0])]
+        out = self.pooler([input], lists)
+        return out[torch.argsort(order)]
+
+
+class _GridSampleAsROIAlignRotated(_PoolerAsROIAlignRotated):
+    sampler = "grid_sample"
+
+
+class TestD2ROIAlignRotatedOnGather(ROIAlignRotatedTest):
+    ROIAlignRotated = _PoolerAsROIAlignRotated
+
+
+class TestD2ROIAlignRotatedOnGridSample(ROIAlignRotatedTest):
+    ROIAlignRotated = _GridSampleAsROIAlignRotated
 
 
 if __name__ == "__main__":

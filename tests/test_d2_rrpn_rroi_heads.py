@@ -17,10 +17,12 @@ test); with _C the test is detectron2's, all four losses. Either way it also che
 pure-PyTorch IoU's exact ties on that input. Test bodies, seeds, expected values and tolerances
 are otherwise detectron2's. ``test_rroi_heads_on_plugin`` runs ``test_rroi_heads`` on
 ``PluginRROIHeads`` (both samplers) with the built-in heads' weights loaded strictly, against
-the same recorded ROI-head losses.
+the same recorded ROI-head losses. Both ROI-heads tests are marked ``slow`` (left out of
+``./run.sh test -m "not slow"``).
 """
 import logging
 import unittest
+import pytest
 import torch
 
 from detectron2.config import get_cfg
@@ -33,7 +35,8 @@ from detectron2.utils.events import EventStorage
 
 import roi_plugin  # noqa: F401  (registers detectron2::box_iou_rotated / nms_rotated)
 from roi_plugin.layers.rotated_ops import box_iou_rotated
-from rotated_reference import detectron2_compiled, reference_level_pooler
+from helpers import detectron2_compiled
+from rotated_reference import reference_level_pooler
 
 logger = logging.getLogger(__name__)
 
@@ -148,6 +151,7 @@ def _rroi_heads_inputs(cfg):
 
 
 class RROIHeadsTest(unittest.TestCase):
+    @pytest.mark.slow
     def test_rroi_heads(self):
         cfg, images, features, feature_shape, gt_instances, gt_boxes0 = _rroi_heads_inputs(get_cfg())
 
@@ -192,6 +196,7 @@ class RROIHeadsTest(unittest.TestCase):
         self.assertEqual(best.tolist(), [4 / 1024, 16 / 1024])  # gt area / anchor area, exactly
         self.assertEqual((iou == best[:, None]).sum(dim=1).tolist(), [15, 15])
 
+    @pytest.mark.slow
     def test_rroi_heads_on_plugin(self):
         # roi_plugin: test_rroi_heads on PluginRROIHeads (roi_plugin's ROIAlignRotated pooler, both
         # samplers, and RotatedFastRCNNPredictor), with the weights of the RROIHeads that

@@ -1,11 +1,10 @@
 """Export: the pooler and the box branch to ONNX (opset 17) and TorchScript (trace), against eager PyTorch.
 
-Also records what Detectron2's own ``ROIPooler`` does under the same exporter, so the
-comparison in docs/deployment.md comes from here.
+``test_docs_detectron2_roipooler_onnx_freezes_the_image_count`` guards what docs/deployment.md
+says Detectron2's own ``ROIPooler`` gives under the same exporter.
 """
 
 import os
-import runpy
 
 import numpy as np
 import onnx
@@ -19,25 +18,10 @@ from detectron2.structures import Boxes
 
 from roi_plugin import ROIAlignPooler
 from roi_plugin.export.branches import ExportableBoxBranch, ExportablePooler, boxes_to_rois, export_onnx
-from tiny_model import tiny_cfg
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCALES = (1 / 4, 1 / 8, 1 / 16, 1 / 32)
-TOL = 1e-4
+from helpers import REPO, SCALES, TINY_OVERRIDES, TOL, ListCall, load_tool, pyramid, random_boxes, tiny_cfg
+
 pytestmark = pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
-
-
-def pyramid(batch, height, width, channels=6, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randn(batch, channels, height // s, width // s, generator=g) for s in (4, 8, 16, 32)]
-
-
-def random_boxes(n, height, width, seed, max_side=160.0):
-    """Boxes of all sizes (so all four levels are used), some crossing the border."""
-    g = torch.Generator().manual_seed(seed)
-    xy = torch.rand(n, 2, generator=g) * torch.tensor([width, height]) * 1.2 - 10
-    wh = 1 + torch.rand(n, 2, generator=g) ** 2 * max_side
-    return torch.cat([xy, xy + wh], 1)
 
 
 def run_onnx(path, feats, rois):
@@ -121,19 +105,11 @@ def test_pooler_trace_matches_eager(sampler):
     feats = pyramid(b, h, w)
     boxes = [random_boxes(n, h, w, i) for i, n in enumerate(counts)]
 
-    class ListCall(torch.nn.Module):
-        def __init__(self, p):
-            super().__init__()
-            self.p = p
-
-        def forward(self, f0, f1, f2, f3, b0, b1):
-            return self.p([f0, f1, f2, f3], [b0, b1])
-
     traced_list = torch.jit.trace(ListCall(pooler), (*feats, *boxes), check_trace=False)
     traced_rois = torch.jit.trace(ExportablePooler(pooler), (*feats, boxes_to_rois(boxes)), check_trace=False)
     feats2 = pyramid(b, 160, 128, seed=3)
     boxes2 = [random_boxes(9, 160, 128, 7), random_boxes(0, 160, 128, 8)]
-    assert f"roi_plugin::roi_align_{sampler}" in str(traced_list.p.inlined_graph)
+    assert f"roi_plugin::roi_align_{sampler}" in str(traced_list.pooler.inlined_graph)
     eager = pooler(feats2, boxes2)
     assert torch.equal(traced_list(*feats2, *boxes2), eager)
     assert torch.equal(traced_rois(*feats2, boxes_to_rois(boxes2)), eager)
@@ -159,8 +135,6 @@ def test_pooler_torch_export_dynamic_shapes():
     feats = pyramid(3, h, w, seed=5)  # map sizes were not declared dynamic: other counts only
     boxes = [random_boxes(n, h, w, 30 + i) for i, n in enumerate([4, 0, 9])]
     assert torch.equal(program.module()(*feats, boxes_to_rois(boxes)), pooler(feats, boxes))
-
-
 
 
 def test_box_branch_onnx_matches_eager(tmp_path):
@@ -192,12 +166,6 @@ def test_box_branch_onnx_matches_eager(tmp_path):
         np.testing.assert_allclose(got_deltas, deltas.numpy(), atol=TOL, rtol=0)
 
 
-TINY_OVERRIDES = [
-    "MODEL.MASK_ON", "False", "MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64",
-    "MODEL.FPN.OUT_CHANNELS", "16", "MODEL.ROI_BOX_HEAD.FC_DIM", "32", "MODEL.ROI_HEADS.NUM_CLASSES", "3",
-]
-
-
 def _run_export_tool(tmp_path, sampling_ratio, *extra):
     """tools/export_onnx.py --verify on a saved tiny checkpoint; returns (tool output, model)."""
     from detectron2.checkpoint import DetectionCheckpointer
@@ -208,13 +176,12 @@ def _run_export_tool(tmp_path, sampling_ratio, *extra):
     torch.manual_seed(1)
     model = build_model(cfg)
     DetectionCheckpointer(model, save_dir=str(tmp_path)).save("tiny")
-    tool = runpy.run_path(os.path.join(REPO, "tools", "export_onnx.py"), run_name="export_onnx")
-    out = tool["main"](
+    out = load_tool("export_onnx").main(
         [
             "--config-file", os.path.join(REPO, "configs", "mask_rcnn_R_50_FPN_1x_plugin.yaml"),
             "--checkpoint", str(tmp_path / "tiny.pth"), "--output-dir", str(tmp_path / "onnx"),
             "--height", "128", "--width", "96", "--num-rois", "6", "--verify", *extra,
-            *TINY_OVERRIDES, "MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO", str(sampling_ratio),
+            *TINY_OVERRIDES, "MODEL.MASK_ON", "False", "MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO", str(sampling_ratio),
         ]
     )
     return out, model
@@ -236,6 +203,7 @@ def test_export_tool(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_export_tool_verifies_against_eager(tmp_path, capsys):
     """Issue 15.1: --verify compares onnxruntime with the eager model, not with the static path
     the graph was traced from. Under adaptive sampling (the FPN configs' default) the default
@@ -266,12 +234,13 @@ class _D2ListCall(torch.nn.Module):
 @pytest.mark.parametrize(
     "pooler_type,mode", [("ROIAlignV2", b"half_pixel"), ("ROIAlign", b"output_half_pixel")]
 )
-def test_detectron2_roipooler_onnx_behaviour(tmp_path, pooler_type, mode):
-    """Observed: Detectron2's ROIPooler exports with the same exporter (opset 17). Each level is
-    an ONNX ``RoiAlign`` (aligned -> ``half_pixel``, legacy -> ``output_half_pixel``), the level
-    rule is in the graph (Sqrt/Log/Floor/Clip + NonZero + ScatterND), ROI counts per image are
-    dynamic and onnxruntime's RoiAlign equals torchvision's kernel; but the number of images is
-    frozen: one boxes input per image of the example batch."""
+def test_docs_detectron2_roipooler_onnx_freezes_the_image_count(tmp_path, pooler_type, mode):
+    """Guards docs/deployment.md: Detectron2's ROIPooler exports with the same exporter (opset
+    17). Each level is an ONNX ``RoiAlign`` (aligned -> ``half_pixel``, legacy ->
+    ``output_half_pixel``), the level rule is in the graph (Sqrt/Log/Floor/Clip + NonZero +
+    ScatterND), ROI counts per image are dynamic and onnxruntime's RoiAlign equals torchvision's
+    kernel; but the number of images is frozen: one boxes input per image of the example batch.
+    On the same edge boxes the plugin's pooler equals Detectron2's eagerly."""
     pooler = ROIPooler(7, SCALES, 0, pooler_type)
     b, h, w, counts = EXPORT_SHAPE
     feats = pyramid(b, h, w)

@@ -1,7 +1,5 @@
 """The gather sampler's plan and execution: flat tap lists against the padded geometry, exact
 chunking, the single-thread scope, and ROIs that must not disturb each other."""
-import math
-
 import pytest
 import torch
 from torchvision.ops import roi_align
@@ -11,7 +9,7 @@ from roi_plugin.layers import gather
 from roi_plugin.layers.axis_taps import axis_taps
 from roi_plugin.layers.geometry import axis_samples, level_boxes
 
-from test_pooler import SCALES, box_zoo, pyramid, torchvision_reference
+from helpers import SCALES, box_zoo, padded_pyramid, tiny_cfg, torchvision_reference
 
 
 def padded_taps(start, length, pooled, grid, size):
@@ -76,7 +74,7 @@ def test_huge_box_does_not_disturb_other_rois(sampler):
 def test_chunking_is_exact(monkeypatch):
     """Channel chunks and ROI blocks change the memory, not one bit of outputs or gradients."""
     sizes = [(256, 320), (200, 288)]
-    feats = pyramid(sizes, channels=24, seed=4)
+    feats = padded_pyramid(sizes, channels=24, seed=4)
     boxes = [box_zoo(h, w, seed=i) for i, (h, w) in enumerate(sizes)]
     grad = torch.randn(sum(len(b) for b in boxes), 24, 7, 7, generator=torch.Generator().manual_seed(1))
 
@@ -96,18 +94,25 @@ def test_chunking_is_exact(monkeypatch):
     torch.testing.assert_close(chunked[0].double(), ref, rtol=0, atol=1e-4)
 
 
-def test_runs_on_one_thread_and_restores_the_callers_count(monkeypatch):
-    """Every embedding_bag of the forward and backward runs with one intra-op thread; the
-    caller's setting is back afterwards, also when the sampler raises; results do not depend
-    on the caller's thread count."""
-    seen = []
+def _counting_threads(seen):
+    """The gather sampler's ``embedding_bag``, appending each call's intra-op thread count to
+    ``seen``."""
     embedding_bag = gather.F.embedding_bag
 
     def spy(*args, **kwargs):
         seen.append(torch.get_num_threads())
         return embedding_bag(*args, **kwargs)
 
-    feats = pyramid([(256, 320)], channels=8, seed=2)
+    return spy
+
+
+def test_runs_on_one_thread_and_restores_the_callers_count(monkeypatch):
+    """Every embedding_bag of the forward and backward runs with one intra-op thread; the
+    caller's setting is back afterwards, also when the sampler raises; results do not depend
+    on the caller's thread count."""
+    seen = []
+    spy = _counting_threads(seen)
+    feats = padded_pyramid([(256, 320)], channels=8, seed=2)
     boxes = [box_zoo(256, 320, seed=5)]
     before = torch.get_num_threads()
     results = []
@@ -143,18 +148,12 @@ def test_single_thread_off_keeps_the_callers_threads(monkeypatch):
     from detectron2.modeling.poolers import ROIPooler
 
     from roi_plugin.modeling.convert import pooler_from_roi_pooler
-    from tiny_model import tiny_cfg
 
     heads = build_model(tiny_cfg("gather", "MODEL.ROI_PLUGIN.SINGLE_THREAD", "False")).roi_heads
     assert not heads.box_pooler.single_thread and not heads.mask_pooler.single_thread
     seen = []
-    embedding_bag = gather.F.embedding_bag
-
-    def spy(*args, **kwargs):
-        seen.append(torch.get_num_threads())
-        return embedding_bag(*args, **kwargs)
-
-    feats = pyramid([(128, 160)], channels=8, seed=2)
+    spy = _counting_threads(seen)
+    feats = padded_pyramid([(128, 160)], channels=8, seed=2)
     boxes = [box_zoo(128, 160, seed=5)]
     poolers = [ROIAlignPooler(7, SCALES, 0, "ROIAlignV2"),
                pooler_from_roi_pooler(ROIPooler(7, SCALES, 0, "ROIAlignV2"), single_thread=False)]

@@ -5,7 +5,6 @@ import os
 import pytest
 import torch
 
-from detectron2.config import get_cfg
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_model
 from detectron2.modeling.poolers import ROIPooler
@@ -27,10 +26,10 @@ from roi_plugin import (
     PluginROIHeads,
     ROIAlignPooler,
     TwoMLPHead,
-    add_roi_plugin_config,
 )
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import REPO, shipped_cfg
+
 # configs/rotated/ (rotated boxes, no masks, a different inference output) is tested in
 # tests/test_rotated_heads.py
 CONFIGS = sorted(
@@ -40,11 +39,7 @@ CONFIGS = sorted(
 
 
 def plugin_cfg(name="PluginROIHeads", sampler="gather", mask=True):
-    cfg = get_cfg()
-    add_roi_plugin_config(cfg)
-    cfg.merge_from_file(os.path.join(REPO, "configs", "mask_rcnn_R_50_FPN_1x_plugin.yaml"))
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.MODEL.WEIGHTS = ""
+    cfg = shipped_cfg("mask_rcnn_R_50_FPN_1x_plugin.yaml")
     cfg.MODEL.MASK_ON = mask
     cfg.MODEL.ROI_HEADS.NAME = name
     cfg.MODEL.ROI_PLUGIN.SAMPLER = sampler
@@ -182,6 +177,7 @@ def _twin_heads(name, sampler, box_head="FastRCNNConvFCHead"):
     return ours, ref
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,sampler,box_head", [
     ("PluginROIHeads", "gather", "TwoMLPHead"),
     ("GridSampleROIHeads", "grid_sample", "TwoMLPHead"),
@@ -216,6 +212,7 @@ def test_training_losses_and_gradients_equal_standard_roi_heads(name, sampler, b
     assert levels == ["p2", "p3", "p4", "p5"]  # ROIs reached every level
 
 
+@pytest.mark.slow
 def test_inference_equals_standard_roi_heads():
     ours, ref = _twin_heads("PluginROIHeads", "gather", "TwoMLPHead")
     feats, proposals, _ = _heads_inputs(seed=1)
@@ -241,11 +238,7 @@ def test_inference_equals_standard_roi_heads():
 @pytest.mark.parametrize("path", CONFIGS, ids=[os.path.relpath(p, REPO) for p in CONFIGS])
 def test_every_config_loads_and_builds(path, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # loadable from any working directory
-    cfg = get_cfg()
-    add_roi_plugin_config(cfg)
-    cfg.merge_from_file(path)
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.MODEL.WEIGHTS = ""
+    cfg = shipped_cfg(path)
     model = build_model(cfg)
     heads = model.roi_heads
     if cfg.MODEL.ROI_HEADS.NAME in ("PluginROIHeads", "GridSampleROIHeads"):

@@ -19,8 +19,7 @@ from roi_plugin import (
     ROIAlignPooler,
 )
 from checking import compare_outputs, leftover_builtin_modules
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import REPO
 
 
 def _inputs(in_features, strides, channels=256, seed=0, n=16):
@@ -77,6 +76,7 @@ def test_fpn_heads_from_keywords_swap_pooler_and_predictor(target, sampler):
     assert isinstance(ours.mask_pooler, ROIAlignPooler) and ours.mask_pooler.output_size == (14, 14)
 
 
+@pytest.mark.slow
 def test_cascade_heads_from_keywords():
     heads = _model_cfg("common/models/cascade_rcnn.py").roi_heads
     for p in heads.box_predictors:
@@ -89,6 +89,7 @@ def test_cascade_heads_from_keywords():
         (10, 10, 5, 5), (20, 20, 10, 10), (30, 30, 15, 15)]
 
 
+@pytest.mark.slow
 def test_c4_heads_from_keywords():
     model = _model_cfg("common/models/mask_rcnn_c4.py")
     heads = model.roi_heads
@@ -171,6 +172,7 @@ def test_new_baselines_plugin_config_matches_detectron2():
         assert compare_outputs(ours(imgs), ref(imgs)) is None
 
 
+@pytest.mark.slow
 def test_shapes_lazy_config_trains_two_iterations_and_evaluates(tmp_path):
     from roi_plugin.data.shapes import SHAPES_CLASSES
     from roi_plugin.engine.lazy_train import do_train

@@ -6,6 +6,8 @@ import pytest
 
 from checking import check_config
 
+pytestmark = pytest.mark.slow  # per family: the built-in and the plugin model, trained and run, both samplers
+
 FAMILIES = {
     "fpn": "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml",
     "c4": "COCO-InstanceSegmentation/mask_rcnn_R_50_C4_1x.yaml",

@@ -5,7 +5,6 @@ The "own" dataset is the shapes val split's COCO JSON as written by its generato
 an 8-image COCO file cut from it (evaluation, so that evaluating stays cheap). The model is tiny
 (R18-FPN at 128 pixels, 2 iterations), trained once for the whole module.
 """
-import importlib.util
 import json
 import shutil
 import subprocess
@@ -22,25 +21,13 @@ from detectron2.engine import DefaultPredictor
 from roi_plugin.data import ensure_shapes_split
 from roi_plugin.engine.train import load_cfg
 
-REPO = Path(__file__).resolve().parents[1]
-CONFIG = REPO / "configs" / "shapes" / "mask_rcnn_plugin.yaml"
+from helpers import REPO, SHAPES_CONFIG as CONFIG, SHAPES_TINY, load_tool
 
 TINY = [
-    "INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MAX_SIZE_TRAIN", "128",
-    "INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "128",
-    "SOLVER.IMS_PER_BATCH", "2", "SOLVER.WARMUP_ITERS", "2", "SOLVER.MAX_ITER", "2",
-    "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "32", "MODEL.RPN.POST_NMS_TOPK_TRAIN", "100",
-    "MODEL.RPN.POST_NMS_TOPK_TEST", "50", "DATALOADER.NUM_WORKERS", "0",
+    *SHAPES_TINY, "INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "128", "SOLVER.MAX_ITER", "2",
+    "MODEL.RPN.POST_NMS_TOPK_TEST", "50",
     "TEST.DETECTIONS_PER_IMAGE", "5",  # a 2-iteration model is unsure: every score is near 0.2
 ]
-
-
-def _load_tool(name):
-    # tools/ is not a package: load the script as a module, as `python tools/NAME.py` would.
-    spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -49,13 +36,19 @@ def shapes_val():
     return split / "annotations.json", split / "images"
 
 
+def _coco(shapes_val, n=3):
+    """The first ``n`` images of shapes_val and their annotations (COCO JSON as a dict)."""
+    coco = json.loads(shapes_val[0].read_text())
+    coco["images"] = coco["images"][:n]
+    ids = {im["id"] for im in coco["images"]}
+    coco["annotations"] = [a for a in coco["annotations"] if a["image_id"] in ids]
+    return coco
+
+
 @pytest.fixture(scope="module")
 def small_json(shapes_val, tmp_path_factory):
     """The first 8 images of shapes_val and their annotations, as a COCO file."""
-    coco = json.loads(shapes_val[0].read_text())
-    coco["images"] = coco["images"][:8]
-    ids = {im["id"] for im in coco["images"]}
-    coco["annotations"] = [a for a in coco["annotations"] if a["image_id"] in ids]
+    coco = _coco(shapes_val, 8)
     path = tmp_path_factory.mktemp("coco") / "small.json"
     path.write_text(json.dumps(coco))
     return path
@@ -71,10 +64,11 @@ def trained(shapes_val, small_json, tmp_path_factory):
             "--dataset", f"own_train:{ann}:{images}", "--dataset", f"own_val:{small_json}:{images}",
             *TINY, "DATASETS.TRAIN", "('own_train',)", "DATASETS.TEST", "('own_val',)",
             "MODEL.ROI_HEADS.NUM_CLASSES", "4", "OUTPUT_DIR", str(out)]
-    assert _load_tool("train_net").cli(argv) == 0
+    assert load_tool("train_net").cli(argv) == 0
     return out
 
 
+@pytest.mark.slow
 def test_train_and_evaluate_on_a_coco_json(trained):
     record = json.loads((trained / "final_metrics.json").read_text())
     res = record["results"]
@@ -90,14 +84,6 @@ def test_train_and_evaluate_on_a_coco_json(trained):
 # ------------------------------------------------------------------------------------------
 # Bad input: one line each, before training
 # ------------------------------------------------------------------------------------------
-def _coco(shapes_val):
-    coco = json.loads(shapes_val[0].read_text())
-    coco["images"] = coco["images"][:3]
-    ids = {im["id"] for im in coco["images"]}
-    coco["annotations"] = [a for a in coco["annotations"] if a["image_id"] in ids]
-    return coco
-
-
 def _bad(kind, shapes_val, tmp_path):
     """(json path, expected fragments) of one kind of bad input."""
     path = tmp_path / f"{kind}.json"
@@ -131,7 +117,7 @@ def _bad(kind, shapes_val, tmp_path):
 
 
 def _one_line_error(capsys, argv, tool="train_net"):
-    rc = _load_tool(tool).cli(argv) if tool == "train_net" else _load_tool(tool).main(argv)
+    rc = load_tool(tool).cli(argv) if tool == "train_net" else load_tool(tool).main(argv)
     err = capsys.readouterr().err.strip()
     assert rc == 2
     assert len(err.splitlines()) == 1 and err.startswith(f"{tool}.py: error: "), err
@@ -179,6 +165,7 @@ def test_boxes_only_json_with_mask_on_exits_with_one_line(capsys, tmp_path, shap
 # ------------------------------------------------------------------------------------------
 # tools/demo.py
 # ------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_demo_writes_pictures_and_the_models_predictions(trained, shapes_val, tmp_path):
     images = tmp_path / "in"
     images.mkdir()
@@ -226,10 +213,11 @@ def test_demo_writes_pictures_and_the_models_predictions(trained, shapes_val, tm
     assert total > 0 and f"3 image(s), {total} detection(s)" in log
 
 
+@pytest.mark.slow
 def test_demo_with_nothing_readable_exits_non_zero(capsys, trained, tmp_path):
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"\x00" * 10)
-    rc = _load_tool("demo").main(["--config-file", str(CONFIG), "--input", str(bad), str(tmp_path / "gone.png"),
+    rc = load_tool("demo").main(["--config-file", str(CONFIG), "--input", str(bad), str(tmp_path / "gone.png"),
                                   "--output", str(tmp_path / "out"), *TINY,
                                   "MODEL.WEIGHTS", str(trained / "model_final.pth")])
     err = capsys.readouterr().err

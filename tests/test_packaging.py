@@ -146,6 +146,7 @@ def _smoke(target, cwd, **env):
     return json.loads(line[len("SMOKE "):])
 
 
+@pytest.mark.slow
 def test_installed_wheel_runs_outside_the_checkout(installed, tmp_path):
     cwd = (tmp_path / "work").resolve()
     cwd.mkdir()
@@ -161,6 +162,7 @@ def test_installed_wheel_runs_outside_the_checkout(installed, tmp_path):
     assert "roi_plugin[deploy]" in out["onnx_error"]
 
 
+@pytest.mark.slow
 def test_installed_wheel_takes_the_dataset_folder_from_the_environment(installed, tmp_path):
     cwd, cache = (tmp_path / "work").resolve(), (tmp_path / "cache").resolve()
     cwd.mkdir()

@@ -7,78 +7,20 @@ from torchvision.ops import roi_align
 
 from detectron2.modeling.poolers import ROIPooler
 from detectron2.modeling.poolers import assign_boxes_to_levels as d2_assign_boxes_to_levels
-from detectron2.structures import Boxes, ImageList
+from detectron2.structures import Boxes
 
 from roi_plugin import SAMPLERS, GridSampleROIPooler, ROIAlignPooler, assign_boxes_to_levels
 
-SCALES = (1 / 4, 1 / 8, 1 / 16, 1 / 32)
-TOL = 1e-4  # float32, as asked for against torchvision / ROIPooler
-
-
-def pyramid(image_sizes, channels=8, seed=0, dtype=torch.float32):
-    """FPN-like features for a padded batch of images of different sizes.
-
-    Images are padded to a multiple of 32, as Detectron2's ImageList does, so the
-    feature maps are larger than some images: coordinates must come from the stride.
-    """
-    g = torch.Generator().manual_seed(seed)
-    images = [torch.zeros(3, h, w) for h, w in image_sizes]
-    padded = ImageList.from_tensors(images, size_divisibility=32).tensor
-    H, W = padded.shape[-2:]
-    return [
-        torch.randn(len(image_sizes), channels, H // s, W // s, generator=g, dtype=dtype)
-        for s in (4, 8, 16, 32)
-    ]
-
-
-def box_zoo(h, w, n_random=40, seed=0):
-    """Boxes inside the image, on and across its border, tiny (< 1 px), larger than the
-    image, on every level, plus log-uniform random ones."""
-    g = torch.Generator().manual_seed(seed)
-    fixed = torch.tensor(
-        [
-            [10.0, 12.0, 50.0, 60.0],  # inside, P2
-            [0.0, 0.0, w, h],  # the whole image
-            [-30.0, -20.0, 40.0, 35.0],  # crossing the top-left corner
-            [w - 40.0, h - 30.0, w + 25.0, h + 10.0],  # crossing the bottom-right corner
-            [0.0, 5.0, 30.0, 40.0],  # touching the left border
-            [w - 17.0, 3.0, w, 20.0],  # touching the right border
-            [20.3, 30.7, 20.9, 31.2],  # tiny, < 1 px
-            [33.0, 33.0, 33.0, 33.0],  # zero area
-            [-2 * w, -2 * h, 3 * w, 3 * h],  # far larger than the image
-            [5.0, 7.0, 5.0 + 230.0, 7.0 + 220.0],  # P4-sized
-            [1.0, 2.0, 1.0 + 460.0, 2.0 + 470.0],  # P5-sized
-            [4.0, 4.0, 4.0 + 120.0, 4.0 + 110.0],  # P3-sized
-        ]
-    )
-    size = torch.exp(torch.empty(n_random, 2).uniform_(math.log(2), math.log(600), generator=g))
-    ctr = torch.rand(n_random, 2, generator=g) * torch.tensor([w, h]) * 1.2 - 0.1 * torch.tensor([w, h])
-    rnd = torch.cat([ctr - size / 2, ctr + size / 2], 1)
-    return torch.cat([fixed, rnd])
-
+from helpers import SCALES, TOL, box_zoo, padded_pyramid, roipooler_reference, torchvision_reference
 
 IMAGE_SIZES = [(256, 320), (200, 288), (224, 180)]
 
 
 @pytest.fixture(scope="module")
 def batch():
-    feats = pyramid(IMAGE_SIZES)
+    feats = padded_pyramid(IMAGE_SIZES)
     boxes = [box_zoo(h, w, seed=i) for i, (h, w) in enumerate(IMAGE_SIZES)]
     return feats, boxes
-
-
-def torchvision_reference(feats, boxes, output_size, sampling_ratio, aligned, dtype=torch.float64):
-    """Level rule from Detectron2 + torchvision.ops.roi_align on each level, in ``dtype``."""
-    levels = d2_assign_boxes_to_levels([Boxes(b) for b in boxes], 2, 5, 224, 4)
-    rois = torch.cat([torch.cat([torch.full((len(b), 1), i), b], 1) for i, b in enumerate(boxes)])
-    out = torch.zeros(len(rois), feats[0].shape[1], output_size, output_size, dtype=dtype)
-    for lvl, (f, scale) in enumerate(zip(feats, SCALES)):
-        sel = (levels == lvl).nonzero().flatten()
-        if len(sel):
-            out[sel] = roi_align(
-                f.to(dtype), rois[sel].to(dtype), output_size, scale, sampling_ratio, aligned
-            )
-    return out
 
 
 @pytest.mark.parametrize("sampler", SAMPLERS)
@@ -87,7 +29,7 @@ def torchvision_reference(feats, boxes, output_size, sampling_ratio, aligned, dt
 @pytest.mark.parametrize("output_size", [7, 14])
 def test_matches_detectron2_roipooler(batch, sampler, pooler_type, sampling_ratio, output_size):
     feats, boxes = batch
-    ref = ROIPooler(output_size, SCALES, sampling_ratio, pooler_type)(feats, [Boxes(b) for b in boxes])
+    ref = roipooler_reference(feats, boxes, pooler_type, sampling_ratio, output_size)
     pooler = ROIAlignPooler(output_size, SCALES, sampling_ratio, pooler_type, sampler=sampler)
     out = pooler(feats, [Boxes(b) for b in boxes])
     assert out.shape == ref.shape == (sum(len(b) for b in boxes), 8, output_size, output_size)
@@ -114,7 +56,7 @@ def test_matches_float64_torchvision(batch, sampler, aligned, sampling_ratio):
 
 
 def test_single_level_pooler_matches_torchvision():
-    feats = pyramid([(128, 160)])[:1]
+    feats = padded_pyramid([(128, 160)])[:1]
     boxes = [box_zoo(128, 160, n_random=10)]
     for sampler in SAMPLERS:
         out = ROIAlignPooler(7, (1 / 4,), 2, "ROIAlignV2", sampler=sampler)(feats, boxes)
@@ -156,7 +98,7 @@ def test_gather_table_of_touched_rows(monkeypatch, touched):
 
     monkeypatch.setattr(pooler_module, "_table_blocks", spy)
     sizes = [(256, 320), (224, 288)]
-    feats = pyramid(sizes, seed=5)
+    feats = padded_pyramid(sizes, seed=5)
     if touched == "few rows":  # two P2 boxes in image 0, none in image 1
         boxes = [torch.tensor([[10.0, 12.0, 50.0, 60.0], [100.3, 80.9, 130.2, 141.0]]), torch.zeros(0, 4)]
     else:  # every image's whole P4 map
@@ -239,7 +181,7 @@ def test_empty_box_lists(batch, sampler):
     # one image without boxes: the others' ROIs, in order, same as ROIPooler
     lists = [boxes[0], empty, boxes[2]]
     out = pooler(feats, [Boxes(b) for b in lists])
-    ref = ROIPooler(7, SCALES, 0, "ROIAlignV2")(feats, [Boxes(b) for b in lists])
+    ref = roipooler_reference(feats, lists, "ROIAlignV2")
     assert out.shape == (len(boxes[0]) + len(boxes[2]), 8, 7, 7)
     torch.testing.assert_close(out, ref, rtol=0, atol=TOL)
 
@@ -260,7 +202,7 @@ def test_rois_keep_input_order_and_batch_index(batch, sampler):
 def test_no_per_roi_feature_copy(sampler):
     """What autograd keeps for backward must not grow like ROIs x feature map (the notebook's
     per-ROI expand kept a whole map per ROI)."""
-    feats = [f.requires_grad_() for f in pyramid([(256, 256)], channels=32)]
+    feats = [f.requires_grad_() for f in padded_pyramid([(256, 256)], channels=32)]
     feat_bytes = sum(f.numel() * f.element_size() for f in feats)
     boxes = [box_zoo(256, 256, n_random=500)]
     saved = []

@@ -12,24 +12,15 @@ import torch
 from torch.autograd import gradcheck, gradgradcheck
 
 from detectron2.modeling import build_model
-from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.events import EventStorage
 from torchvision.ops import roi_align
 
 from roi_plugin import SAMPLERS, ROIAlignPooler
 from roi_plugin.export.branches import boxes_to_rois
-from tiny_model import tiny_cfg
 
-SCALES = (1 / 4, 1 / 8, 1 / 16, 1 / 32)
+from helpers import SCALES, annotated_image, pyramid, tiny_cfg
+
 HALF_TOL = {torch.float16: (1e-3, 1e-3), torch.bfloat16: (1e-2, 8e-3)}
-
-
-def pyramid(batch=2, height=128, width=96, channels=8, seed=0, dtype=torch.float32):
-    g = torch.Generator().manual_seed(seed)
-    return [
-        torch.randn(batch, channels, height // s, width // s, generator=g).to(dtype) for s in (4, 8, 16, 32)
-    ]
-
 
 BOXES = [
     # P2 (inside, whole image, across the top-left and the bottom-right border), P3, P4
@@ -110,26 +101,8 @@ def test_cpu_autocast(sampler):
 
 
 def make_batch(seed):
-    g = torch.Generator().manual_seed(seed)
-    batch = []
-    for n in (2, 1):
-        h, w = 96, 80
-        inst = Instances((h, w))
-        masks = torch.zeros(n, h, w, dtype=torch.bool)
-        boxes = []
-        for i in range(n):
-            x0, y0 = int(torch.randint(0, 40, (1,), generator=g)), int(
-                torch.randint(0, 48, (1,), generator=g)
-            )
-            boxes.append([x0, y0, x0 + 30, y0 + 40])
-            masks[i, y0 : y0 + 40, x0 : x0 + 30] = True
-        inst.gt_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32))
-        inst.gt_classes = torch.randint(0, 3, (n,), generator=g)
-        inst.gt_masks = BitMasks(masks)
-        batch.append(
-            {"image": torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8), "instances": inst}
-        )
-    return batch
+    """Two 96 x 80 images, with 2 and 1 annotated objects."""
+    return [annotated_image(96, 80, n, seed=2 * seed + k) for k, n in enumerate((2, 1))]
 
 
 def train_losses(sampler, iterations, autocast=False, seed=0):
@@ -227,6 +200,7 @@ GRAD_BOXES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sampler", SAMPLERS)
 @pytest.mark.parametrize("pooler_type", ["ROIAlignV2", "ROIAlign"])
 @pytest.mark.parametrize("sampling_ratio", [0, 2])

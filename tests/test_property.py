@@ -8,15 +8,11 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from detectron2.modeling.poolers import assign_boxes_to_levels as d2_assign_boxes_to_levels
-from detectron2.structures import Boxes
-from torchvision.ops import roi_align
-
 from roi_plugin import SAMPLERS, ROIAlignPooler
 from roi_plugin.export.branches import boxes_to_rois
 
-SCALES = (1 / 4, 1 / 8, 1 / 16, 1 / 32)
-TOL = 1e-4
+from helpers import SCALES, TOL, torchvision_reference
+
 SETTINGS = settings(
     max_examples=40, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
 )
@@ -49,19 +45,6 @@ def pooling_problems(draw):
     return feats, box_lists, output_size, sampling_ratio, aligned
 
 
-def torchvision_per_level(feats, box_lists, output_size, sampling_ratio, aligned):
-    """roi_align of every ROI on the level Detectron2's assign_boxes_to_levels gives it."""
-    rois = boxes_to_rois(box_lists)
-    levels = d2_assign_boxes_to_levels([Boxes(b) for b in box_lists], 2, 5, 224, 4)
-    out = []
-    for roi, level in zip(rois, levels.tolist()):
-        out.append(roi_align(feats[level], roi[None], output_size, SCALES[level], sampling_ratio, aligned))
-    if not out:
-        size = (output_size, output_size) if isinstance(output_size, int) else output_size
-        return feats[0].new_zeros((0, feats[0].shape[1], *size))
-    return torch.cat(out)
-
-
 @pytest.mark.parametrize("sampler", SAMPLERS)
 @SETTINGS
 @given(problem=pooling_problems())
@@ -71,7 +54,7 @@ def test_pooler_equals_torchvision_on_the_picked_level(sampler, problem):
         output_size, SCALES, sampling_ratio, "ROIAlignV2" if aligned else "ROIAlign", sampler=sampler
     )
     out = pooler(feats, box_lists)
-    ref = torchvision_per_level(feats, box_lists, output_size, sampling_ratio, aligned)
+    ref = torchvision_reference(feats, box_lists, output_size, sampling_ratio, aligned, dtype=torch.float32)
     assert out.shape == ref.shape
     torch.testing.assert_close(out, ref, atol=TOL, rtol=0)
 
@@ -87,5 +70,5 @@ def test_static_export_path_equals_torchvision(problem):
     if len(rois) == 0:
         return
     out = pooler._grid_sample_static(feats, rois)
-    ref = torchvision_per_level(feats, box_lists, output_size, sampling_ratio, aligned)
+    ref = torchvision_reference(feats, box_lists, output_size, sampling_ratio, aligned, dtype=torch.float32)
     torch.testing.assert_close(out, ref, atol=TOL, rtol=0)

@@ -10,32 +10,14 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from detectron2.modeling import build_model
-from detectron2.modeling.poolers import ROIPooler
 from detectron2.modeling.poolers import assign_boxes_to_levels as d2_assign_boxes_to_levels
-from detectron2.structures import BitMasks, Boxes, Instances
+from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 from torchvision.ops import roi_align
 
 from roi_plugin import SAMPLERS, ROIAlignPooler, assign_boxes_to_levels
-from tiny_model import tiny_cfg
 
-SCALES = (1 / 4, 1 / 8, 1 / 16, 1 / 32)
-TOL = 1e-4
-
-
-def pyramid(batch=2, height=128, width=96, channels=4, seed=0, dtype=torch.float32):
-    g = torch.Generator().manual_seed(seed)
-    return [
-        torch.randn(batch, channels, height // s, width // s, generator=g, dtype=dtype)
-        for s in (4, 8, 16, 32)
-    ]
-
-
-def reference(feats, boxes, pooler_type, sampling_ratio=0, output_size=7):
-    """Detectron2's ROIPooler on the same input (float boxes, as it requires)."""
-    d2 = ROIPooler(output_size, SCALES, sampling_ratio, pooler_type)
-    return d2(feats, [Boxes(b.to(feats[0].dtype)) for b in boxes])
-
+from helpers import SCALES, TOL, annotated_image, pyramid, roipooler_reference, tiny_cfg
 
 GOOD = torch.tensor([[10.0, 12.0, 60.0, 70.0], [0.0, 0.0, 96.0, 128.0], [30.0, 40.0, 38.0, 47.0]])
 
@@ -136,7 +118,7 @@ def test_correct_output(case, pooler_type, sampler):
     feats, boxes = CORRECT[case]()
     pooler = ROIAlignPooler(7, SCALES, 0, pooler_type, sampler=sampler)
     out = pooler(feats, boxes)
-    ref = reference(feats, [b.float() for b in boxes], pooler_type)
+    ref = roipooler_reference(feats, [b.float() for b in boxes], pooler_type)
     assert out.dtype == feats[0].dtype and out.shape == ref.shape
     torch.testing.assert_close(out, ref, atol=TOL, rtol=0)
 
@@ -145,8 +127,8 @@ def test_empty_in_all_images():
     feats = pyramid()
     for sampler in SAMPLERS:
         out = ROIAlignPooler(7, SCALES, 0, "ROIAlignV2", sampler=sampler)(feats, [torch.zeros(0, 4)] * 2)
-        ref = reference(feats, [torch.zeros(0, 4)] * 2, "ROIAlignV2")
-        assert out.shape == ref.shape == (0, 4, 7, 7) and out.dtype == ref.dtype
+        ref = roipooler_reference(feats, [torch.zeros(0, 4)] * 2, "ROIAlignV2")
+        assert out.shape == ref.shape == (0, 8, 7, 7) and out.dtype == ref.dtype
 
 
 def _bad(feats=None, boxes=None):
@@ -183,7 +165,7 @@ ERRORS = {
     "boxes_not_a_list": (lambda: _bad(boxes=GOOD), TypeError, "list"),
     "too_few_feature_maps": (lambda: _bad(feats=pyramid()[:3]), ValueError, "3 feature maps.*4"),
     "too_many_feature_maps": (
-        lambda: _bad(feats=pyramid() + [torch.zeros(2, 4, 2, 2)]),
+        lambda: _bad(feats=pyramid() + [torch.zeros(2, 8, 2, 2)]),
         ValueError,
         "5 feature maps",
     ),
@@ -259,7 +241,7 @@ def test_level_boundary_same_as_detectron2(dtype):
     for sampler in SAMPLERS:
         out = ROIAlignPooler(7, SCALES, 2, "ROIAlignV2", sampler=sampler)(feats, [boxes])
         torch.testing.assert_close(
-            out, reference(feats, [boxes], "ROIAlignV2", 2).to(out.dtype), atol=TOL, rtol=0
+            out, roipooler_reference(feats, [boxes], "ROIAlignV2", 2).to(out.dtype), atol=TOL, rtol=0
         )
 
 
@@ -306,31 +288,12 @@ def test_huge_boxes(sampler, pooler_type):
 # --------------------------------------------------------------------- the heads
 
 
-def image_input(h, w, n_objects, seed):
-    g = torch.Generator().manual_seed(seed)
-    inst = Instances((h, w))
-    masks = torch.zeros(n_objects, h, w, dtype=torch.bool)
-    boxes = []
-    for i in range(n_objects):
-        x0, y0 = int(torch.randint(0, w // 2, (1,), generator=g)), int(
-            torch.randint(0, h // 2, (1,), generator=g)
-        )
-        x1, y1 = x0 + w // 3, y0 + h // 3
-        masks[i, y0:y1, x0:x1] = True
-        boxes.append([x0, y0, x1, y1])
-    inst.gt_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4))
-    inst.gt_classes = torch.randint(0, 3, (n_objects,), generator=g)
-    inst.gt_masks = BitMasks(masks)
-    image = torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8)
-    return {"image": image, "instances": inst, "height": h, "width": w}
-
-
 @pytest.mark.parametrize("sampler", SAMPLERS)
 @pytest.mark.parametrize("objects", [(0, 0), (0, 2)], ids=["no_annotations", "mixed_batch"])
 def test_training_without_annotations(sampler, objects):
     torch.manual_seed(0)
     model = build_model(tiny_cfg(sampler)).train()
-    batch = [image_input(64, 96, n, seed=i) for i, n in enumerate(objects)]
+    batch = [annotated_image(64, 96, n, seed=i) for i, n in enumerate(objects)]
     with EventStorage():
         losses = model(batch)
     assert all(bool(torch.isfinite(v)) for v in losses.values()), losses
@@ -365,7 +328,7 @@ def test_non_finite_features(sampler, bad):
     out = pooler(feats, boxes)
     assert out.shape == (5, 16, 7, 7)
     assert not bool(torch.isfinite(out[0]).all())  # the ROI over the corner sees it
-    torch.testing.assert_close(out[1:], reference(feats, boxes, "ROIAlignV2")[1:], atol=TOL, rtol=0)
+    torch.testing.assert_close(out[1:], roipooler_reference(feats, boxes, "ROIAlignV2")[1:], atol=TOL, rtol=0)
 
     torch.manual_seed(0)
     model = build_model(tiny_cfg(sampler)).eval()
@@ -385,7 +348,7 @@ def test_model_on_images_where_p5_is_1x1(sampler):
     """Train and infer on 24x20 and 30x32 images (padded to 32: P5 is 1x1, P6 1x1)."""
     torch.manual_seed(0)
     model = build_model(tiny_cfg(sampler))
-    batch = [image_input(24, 20, 1, seed=0), image_input(30, 32, 0, seed=1)]
+    batch = [annotated_image(24, 20, 1, seed=0), annotated_image(30, 32, 0, seed=1)]
     with EventStorage():
         losses = model.train()(batch)
     assert all(bool(torch.isfinite(v)) for v in losses.values()), losses
@@ -399,7 +362,7 @@ def test_model_on_images_where_p5_is_1x1(sampler):
         maps = [features[k] for k in model.roi_heads.box_in_features]
         boxes = [p.proposal_boxes.tensor for p in proposals]
         torch.testing.assert_close(
-            model.roi_heads.box_pooler(maps, boxes), reference(maps, boxes, "ROIAlignV2"), atol=TOL, rtol=0
+            model.roi_heads.box_pooler(maps, boxes), roipooler_reference(maps, boxes, "ROIAlignV2"), atol=TOL, rtol=0
         )
         results = model([{"image": x["image"]} for x in batch])
     for r, x in zip(results, batch):

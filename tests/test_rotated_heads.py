@@ -3,12 +3,9 @@ and NMS operators), ``RotatedFastRCNNPredictor`` against Detectron2's ``RotatedF
 and ``PluginRROIHeads`` built from configs/rotated/ (no ``ROIPooler`` left, a training step and
 inference with both samplers).
 """
-import os
-
 import pytest
 import torch
 
-from detectron2.config import get_cfg
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_model
 from detectron2.modeling.poolers import ROIPooler
@@ -23,26 +20,21 @@ from roi_plugin import (
     PluginRROIHeads,
     ROIAlignPooler,
     RotatedFastRCNNPredictor,
-    add_roi_plugin_config,
 )
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = os.path.join(REPO, "configs", "rotated")
+from helpers import shipped_cfg
 
 
 def rotated_cfg(leaf, *overrides):
     """A configs/rotated/ config shrunk for CPU tests."""
-    cfg = get_cfg()
-    add_roi_plugin_config(cfg)
-    cfg.merge_from_file(os.path.join(CONFIGS, leaf))
-    cfg.merge_from_list([
-        "MODEL.DEVICE", "cpu", "MODEL.FPN.OUT_CHANNELS", "32", "MODEL.ROI_BOX_HEAD.FC_DIM", "32",
+    return shipped_cfg(
+        f"rotated/{leaf}",
+        "MODEL.FPN.OUT_CHANNELS", "32", "MODEL.ROI_BOX_HEAD.FC_DIM", "32",
         "MODEL.ROI_HEADS.NUM_CLASSES", "3", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "32",
         "MODEL.RPN.PRE_NMS_TOPK_TRAIN", "200", "MODEL.RPN.POST_NMS_TOPK_TRAIN", "50",
         "MODEL.RPN.PRE_NMS_TOPK_TEST", "200", "MODEL.RPN.POST_NMS_TOPK_TEST", "50",
         *overrides,
-    ])
-    return cfg
+    )
 
 
 def rotated_batch(seed=0):

@@ -30,7 +30,7 @@ from roi_plugin.layers.rotated_ops import (
     register_rotated_ops,
 )
 
-from rotated_reference import detectron2_compiled
+from helpers import detectron2_compiled
 
 COMPILED = detectron2_compiled()  # detectron2's _C loads: torch.ops.detectron2 holds its own kernels
 

@@ -8,8 +8,9 @@
   same boxes written ``x1, y1, x2, y2``;
 * ``torch.rot90`` of the map (with the box turned alike) leaves the output unchanged;
 * ``gradcheck`` and ``gradgradcheck`` in float64, both samplers; traced, scripted and compiled
-  poolers equal eager bit for bit;
-* Detectron2's own ROIAlignRotated tests (tests/test_d2_roi_align_rotated.py) on the pooler.
+  poolers equal eager bit for bit.
+
+Detectron2's own ROIAlignRotated tests run on the pooler in tests/test_d2_roi_align_rotated.py.
 """
 import pytest
 import torch
@@ -20,18 +21,13 @@ from torch.nn.modules.utils import _pair
 from detectron2.modeling.poolers import ROIPooler, assign_boxes_to_levels
 from detectron2.structures import Boxes, RotatedBoxes
 
-import test_d2_roi_align_rotated as d2_tests
-from rotated_reference import roi_align_rotated_reference
-
 from roi_plugin import SAMPLERS, ROIAlignPooler
 from roi_plugin.layers.levels import route_boxes
 
-SCALES = (1 / 4, 1 / 8, 1 / 16, 1 / 32)
+from helpers import SCALES, pyramid
+from rotated_reference import roi_align_rotated_reference
 
-
-def pyramid(batch=2, channels=3, h=48, w=56, dtype=torch.float32, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randn(batch, channels, h >> k, w >> k, generator=g, dtype=dtype) for k in range(4)]
+HEIGHT, WIDTH = 192, 224  # the images of the tests' pyramids (P2 maps of 48 x 56, 3 channels)
 
 
 def random_rotated_boxes(n, height, width, seed):
@@ -75,8 +71,8 @@ def reference_pyramid(feats, box_lists, output_size, sampling_ratio, scales=SCAL
 @pytest.mark.parametrize("sampling_ratio", [0, 1, 2, 3])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_matches_float64_reference(sampler, sampling_ratio, dtype):
-    feats = pyramid(dtype=dtype, seed=sampling_ratio)
-    boxes = [random_rotated_boxes(24, 48 * 4, 56 * 4, seed=10 + i + sampling_ratio) for i in range(2)]
+    feats = pyramid(2, HEIGHT, WIDTH, 3, seed=sampling_ratio, dtype=dtype)
+    boxes = [random_rotated_boxes(24, HEIGHT, WIDTH, seed=10 + i + sampling_ratio) for i in range(2)]
     pooler = ROIAlignPooler(7, SCALES, sampling_ratio, "ROIAlignRotated", sampler=sampler)
     out = pooler(feats, [RotatedBoxes(b) for b in boxes])
     ref, level_of = reference_pyramid(feats, boxes, 7, sampling_ratio)
@@ -92,7 +88,7 @@ def test_matches_float64_reference(sampler, sampling_ratio, dtype):
 @pytest.mark.parametrize("sampling_ratio,output_size,levels", [(0, 7, 4), (2, 7, 4), (0, (3, 5), 1)])
 def test_angle_zero_matches_detectron2_roialignv2(sampler, sampling_ratio, output_size, levels):
     # (Detectron2's multi-level ROIPooler cannot pool non-square outputs: one level for (3, 5).)
-    feats, scales = pyramid(seed=5)[:levels], SCALES[:levels]
+    feats, scales = pyramid(2, HEIGHT, WIDTH, 3, seed=5)[:levels], SCALES[:levels]
     g = torch.Generator().manual_seed(6)
     box_lists, rotated = [], []
     for _ in range(2):
@@ -114,7 +110,7 @@ def test_rot90_of_the_map(sampler, sampling_ratio):
     """Turning the map 90 degrees counter-clockwise (``torch.rot90``), the box centre with it
     and its angle by +90 leaves every sample on the same feature value."""
     scale = 0.5
-    feat = pyramid(1, 4, 20, 27, dtype=torch.float64, seed=7)[0]
+    feat = pyramid(1, 80, 108, 4, seed=7, dtype=torch.float64)[0]  # P2: 20 x 27
     boxes = random_rotated_boxes(12, 40, 54, seed=8).double()
     pooler = ROIAlignPooler(7, (scale,), sampling_ratio, "ROIAlignRotated", sampler=sampler)
     ours = pooler([feat], [boxes])
@@ -130,6 +126,7 @@ def test_rot90_of_the_map(sampler, sampling_ratio):
         torch.testing.assert_close(out, ours, atol=1e-9, rtol=0, msg=f"{k + 1} quarter turns")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sampler", SAMPLERS)
 @pytest.mark.parametrize("sampling_ratio", [0, 2])
 def test_gradcheck_float64(sampler, sampling_ratio):
@@ -148,8 +145,8 @@ def test_gradcheck_float64(sampler, sampling_ratio):
 
 @pytest.mark.parametrize("sampler", SAMPLERS)
 def test_half_features_and_empty_input(sampler):
-    feats = pyramid(seed=11)
-    boxes = [random_rotated_boxes(10, 192, 224, seed=12), torch.zeros(0, 5)]
+    feats = pyramid(2, HEIGHT, WIDTH, 3, seed=11)
+    boxes = [random_rotated_boxes(10, HEIGHT, WIDTH, seed=12), torch.zeros(0, 5)]
     pooler = ROIAlignPooler(7, SCALES, 0, "ROIAlignRotated", sampler=sampler)
     ref = pooler(feats, boxes)
     out = pooler([f.bfloat16() for f in feats], boxes)
@@ -221,35 +218,3 @@ class _OneLevel(nn.Module):
 
     def forward(self, feats, boxes):
         return self.pooler([feats], [boxes])
-
-
-# ------------------------------------------------ Detectron2's own ROIAlignRotated tests, on the pooler
-class _PoolerAsROIAlignRotated(nn.Module):
-    """``detectron2.layers.ROIAlignRotated``'s constructor and call on one pooler level."""
-
-    sampler = "gather"
-
-    def __init__(self, output_size, spatial_scale, sampling_ratio):
-        super().__init__()
-        self.pooler = ROIAlignPooler(output_size, (spatial_scale,), sampling_ratio, "ROIAlignRotated",
-                                     sampler=self.sampler)
-
-    def forward(self, input, rois):
-        assert rois.dim() == 2 and rois.size(1) == 6
-        image = rois[:, 0].long()
-        order = torch.argsort(image, stable=True)
-        lists = [rois[order][image[order] == i, 1:] for i in range(input.shape[0])]
-        out = self.pooler([input], lists)
-        return out[torch.argsort(order)]
-
-
-class _GridSampleAsROIAlignRotated(_PoolerAsROIAlignRotated):
-    sampler = "grid_sample"
-
-
-class TestD2ROIAlignRotatedOnGather(d2_tests.ROIAlignRotatedTest):
-    ROIAlignRotated = _PoolerAsROIAlignRotated
-
-
-class TestD2ROIAlignRotatedOnGridSample(d2_tests.ROIAlignRotatedTest):
-    ROIAlignRotated = _GridSampleAsROIAlignRotated

@@ -9,7 +9,8 @@ import pytest
 import torch
 from torchvision.ops import roi_align
 
-from rotated_reference import detectron2_compiled, roi_align_rotated_reference
+from helpers import detectron2_compiled
+from rotated_reference import roi_align_rotated_reference
 
 
 def random_rois(n, size, seed, dtype=torch.float64):

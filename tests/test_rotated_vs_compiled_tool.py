@@ -7,17 +7,17 @@ import sys
 
 import pytest
 
-from rotated_reference import detectron2_compiled
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import REPO, detectron2_compiled
 
 
 def run_tool(*args):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), REPO) if p))
-    cmd = [sys.executable, os.path.join(REPO, "tools", "rotated_vs_compiled.py"), *args]
+    path = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), str(REPO)) if p)
+    env = dict(os.environ, PYTHONPATH=path)
+    cmd = [sys.executable, str(REPO / "tools" / "rotated_vs_compiled.py"), *args]
     return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(detectron2_compiled(), reason="this Detectron2 has its compiled _C")
 def test_without_compiled_detectron2_one_line_error(tmp_path):
     res = run_tool("--out", str(tmp_path / "out.md"))
@@ -25,6 +25,7 @@ def test_without_compiled_detectron2_one_line_error(tmp_path):
     assert not (tmp_path / "out.md").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not detectron2_compiled(), reason="needs Detectron2's compiled _C (a build from source)")
 def test_tiny_run_writes_the_table(tmp_path):
     out = tmp_path / "out.md"

@@ -5,12 +5,10 @@ Everything runs a tiny model (R18-FPN at 128 pixels, a few iterations) on ``shap
 that split (200 images, a few seconds) is ever generated.
 """
 import copy
-import importlib.util
 import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,29 +16,10 @@ import torch
 from detectron2.engine import HookBase, launch
 from detectron2.utils import comm
 
-REPO = Path(__file__).resolve().parents[1]
+from helpers import REPO, SHAPES_CONFIG as CONFIG, SHAPES_TINY, load_tool
+
 TRAIN_NET = REPO / "tools" / "train_net.py"
-CONFIG = REPO / "configs" / "shapes" / "mask_rcnn_plugin.yaml"
-
-TINY = [
-    "DATASETS.TRAIN", "('shapes_val',)",
-    "DATASETS.TEST", "()",
-    "INPUT.MIN_SIZE_TRAIN", "(128,)",
-    "INPUT.MAX_SIZE_TRAIN", "128",
-    "SOLVER.IMS_PER_BATCH", "2",
-    "SOLVER.WARMUP_ITERS", "2",
-    "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "32",
-    "MODEL.RPN.POST_NMS_TOPK_TRAIN", "100",
-    "DATALOADER.NUM_WORKERS", "0",
-]
-
-
-def _load_train_net():
-    # tools/ is not a package: load the script as a module, as `python tools/train_net.py` would.
-    spec = importlib.util.spec_from_file_location("train_net", TRAIN_NET)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+TINY = ["DATASETS.TRAIN", "('shapes_val',)", "DATASETS.TEST", "()", *SHAPES_TINY]
 
 
 def _args(train_net, *opts):
@@ -51,7 +30,7 @@ def _args(train_net, *opts):
 # DDP
 # ------------------------------------------------------------------------------------------
 def _ddp_worker(out_dir, max_iter):
-    train_net = _load_train_net()
+    train_net = load_tool("train_net")
     torch.set_num_threads(1)
     args = _args(train_net, "SOLVER.MAX_ITER", str(max_iter), "OUTPUT_DIR", out_dir)
     cfg = train_net.setup(args)
@@ -64,6 +43,7 @@ def _ddp_worker(out_dir, max_iter):
     torch.save({"initial": initial, "final": final}, os.path.join(out_dir, f"rank{comm.get_rank()}.pth"))
 
 
+@pytest.mark.slow
 def test_two_process_training_keeps_ranks_identical(tmp_path):
     """2 processes on CPU (gloo, through Detectron2's launch): DDP averages the gradients, so
     both ranks end with the same weights, which differ from the initial ones. DDP raises on
@@ -121,9 +101,10 @@ def _assert_same_state(a, b):
         assert a == b
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scheduler", ["WarmupCosineLR", "WarmupMultiStepLR"])
 def test_resume_continues_from_last_checkpoint(tmp_path, scheduler):
-    train_net = _load_train_net()
+    train_net = load_tool("train_net")
     # Checkpoints after iterations 2 and 5 (CHECKPOINT_PERIOD 3); the run dies during iteration 4.
     opts = ["SOLVER.MAX_ITER", "8", "SOLVER.CHECKPOINT_PERIOD", "3", "SOLVER.STEPS", "(4,)",
             "SOLVER.LR_SCHEDULER_NAME", scheduler, "OUTPUT_DIR", str(tmp_path)]
@@ -159,7 +140,7 @@ def test_resume_continues_from_last_checkpoint(tmp_path, scheduler):
 # Clear errors
 # ------------------------------------------------------------------------------------------
 def _cli_error(capsys, argv):
-    train_net = _load_train_net()
+    train_net = load_tool("train_net")
     rc = train_net.cli(argv)
     err = capsys.readouterr().err.strip()
     assert rc != 0
@@ -167,6 +148,7 @@ def _cli_error(capsys, argv):
     return err
 
 
+@pytest.mark.slow
 def test_missing_config_file_exits_with_one_line():
     """End to end through the interpreter: non-zero exit, one line, no traceback."""
     proc = subprocess.run(

@@ -6,13 +6,14 @@ import pytest
 import torch
 from PIL import Image
 
-from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.engine import DefaultTrainer
 
-from roi_plugin import ROIAlignPooler, add_roi_plugin_config
+from roi_plugin import ROIAlignPooler
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import shipped_cfg
+
+pytestmark = pytest.mark.slow  # 4 iterations of DefaultTrainer per case
 
 
 def random_dataset(root, n=4, seed=0):
@@ -44,11 +45,9 @@ def test_default_trainer_iterations(tmp_path, heads, sampler):
     DatasetCatalog.register(name, lambda: records)
     MetadataCatalog.get(name).set(thing_classes=["a", "b", "c"])
 
-    cfg = get_cfg()
-    add_roi_plugin_config(cfg)
-    cfg.merge_from_file(os.path.join(REPO, "configs", "mask_rcnn_R_50_FPN_1x_gridsample.yaml"))
-    cfg.merge_from_list([
-        "MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", "MODEL.ROI_HEADS.NAME", heads,
+    cfg = shipped_cfg(
+        "mask_rcnn_R_50_FPN_1x_gridsample.yaml",
+        "MODEL.ROI_HEADS.NAME", heads,
         "MODEL.ROI_PLUGIN.SAMPLER", sampler, "MODEL.RESNETS.DEPTH", 18,
         "MODEL.RESNETS.RES2_OUT_CHANNELS", 64, "MODEL.RESNETS.NORM", "GN", "MODEL.FPN.NORM", "GN",
         "MODEL.BACKBONE.FREEZE_AT", 0, "MODEL.ROI_HEADS.NUM_CLASSES", 3,
@@ -59,7 +58,7 @@ def test_default_trainer_iterations(tmp_path, heads, sampler):
         "SOLVER.IMS_PER_BATCH", 2, "SOLVER.BASE_LR", 0.01, "SOLVER.MAX_ITER", 4, "SOLVER.WARMUP_ITERS", 1,
         "SOLVER.STEPS", (), "SOLVER.CHECKPOINT_PERIOD", 100, "OUTPUT_DIR", str(tmp_path / "out"),
         "SEED", 1,
-    ])
+    )
     torch.manual_seed(0)
     trainer = DefaultTrainer(cfg)
     trainer.resume_or_load(resume=False)

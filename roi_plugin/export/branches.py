@@ -141,7 +141,7 @@ class ROIHeadsTensors(nn.Module):
 
     Eagerly it equals ``roi_heads`` on that image's proposals. ``torch.export`` of it fails in
     Detectron2's inference code, not in the plugin's modules (``tests/test_deploy.py``
-    ``test_torch_export_roi_heads``): ``fast_rcnn_inference_single_image`` branches on data
+    ``test_torch_export_roi_heads_stops_in_detectron2_postprocessing``): ``fast_rcnn_inference_single_image`` branches on data
     (``if not valid_mask.all()``, and ``Boxes.clip`` asserts ``isfinite(...).all()``), and
     ``Instances.set`` calls Python's ``len()``, which must return an int, so the numbers of
     proposals and detections cannot stay symbolic. The pooler-to-predictor parts export
