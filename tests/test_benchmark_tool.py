@@ -90,6 +90,7 @@ def quick_run(tmp_path_factory):
     return out.read_text()
 
 
+@pytest.mark.slow
 def test_quick_run_has_a_table_per_condition_and_the_targets(quick_run):
     text = quick_run
     assert "## Targets" in text and "## 1 thread" in text
@@ -104,6 +105,7 @@ def test_quick_run_has_a_table_per_condition_and_the_targets(quick_run):
     assert cells[1] == "0.4x" and all(c.endswith(("yes", "**no**")) for c in cells[2:])
 
 
+@pytest.mark.slow
 def test_profile_summary(tmp_path):
     md = tmp_path / "profile.md"
     cmd = [sys.executable, os.path.join(REPO, "tools", "benchmark.py"), "--quick", "--profile",

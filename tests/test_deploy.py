@@ -243,6 +243,7 @@ def test_compile_pooler_no_recompiles():
     assert stats["max_diff"] == 0  # the eager pooler's operator, not a twin
 
 
+@pytest.mark.slow
 def test_compile_pooler_training_equals_eager():
     """A compiled training step of the pooler (inductor) runs the eager operators, forward and
     backward: output and feature gradients bit for bit on two box sets, one graph, no recompile."""

@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -16,6 +18,7 @@ def run_tool(*args):
     return res
 
 
+@pytest.mark.slow
 def test_dry_run(tmp_path):
     out = tmp_path / "gpu.md"
     res = run_tool("--quick", "--out", str(out))
@@ -37,6 +40,7 @@ def test_dry_run(tmp_path):
     assert f"wrote {out}" in res.stderr
 
 
+@pytest.mark.slow
 def test_dry_run_writes_no_file_unless_asked():
     """results/gpu.md holds GPU figures only: a dry run without --out prints, and writes nothing."""
     results = os.path.join(REPO, "results", "gpu.md")
