@@ -2,10 +2,12 @@
 # Entry point. Every command sets up .venv first (idempotent, quick once done).
 #   ./run.sh train [overrides...]   train + evaluate the plugin Mask R-CNN on the built-in shapes dataset
 #   ./run.sh test [pytest args...]  the test suite
+#   TORCH=2.4.1 ./run.sh test ...   the same against another torch, in .venv-torch2.4.1
+#                                   (tested pairs: scripts/bootstrap.sh, docs/testing.md)
 set -euo pipefail
 cd "$(dirname "$0")"
 bash scripts/bootstrap.sh
-PY=.venv/bin/python
+PY=.venv${TORCH:+-torch$TORCH}/bin/python   # the folder bootstrap.sh set up
 cmd=${1:-}
 shift || true
 case "$cmd" in
