@@ -120,15 +120,20 @@ class ExportableMaskBranch(nn.Module):
     """Mask pooler + mask head layers of a ``StandardROIHeads``: ``forward(*features, rois) ->
     mask logits`` (K, num_classes, M, M) (or (K, 1, M, M), class-agnostic) for the (K, 5) rois
     (at inference: the detections' boxes). Picking each detection's class and the sigmoid stay
-    outside (``mask_rcnn_inference``), as box post-processing does for :class:`ExportableBoxBranch`."""
+    outside (``mask_rcnn_inference``), as box post-processing does for :class:`ExportableBoxBranch`.
+
+    The mask head is a submodule (its parameters are the branch's, ``.eval()`` reaches it), and
+    ``forward`` calls its ``layers`` method (Detectron2's ``BaseMaskRCNNHead.layers``: conv stack +
+    predictor). Holding the bound method alone hid the parameters from the module, and
+    ``torch.export`` of torch 2.4 failed on them (``KeyError`` in its parameter table)."""
 
     def __init__(self, roi_heads: nn.Module, max_grid: int = EXPORT_MAX_GRID, method: str = "roi_align"):
         super().__init__()
         self.pooler = ExportablePooler(roi_heads.mask_pooler, max_grid, method)
-        self.layers = roi_heads.mask_head.layers  # Detectron2's BaseMaskRCNNHead.layers: conv stack + predictor
+        self.mask_head = roi_heads.mask_head
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
-        return self.layers(self.pooler(*inputs))
+        return self.mask_head.layers(self.pooler(*inputs))
 
 
 class ROIHeadsTensors(nn.Module):
