@@ -233,7 +233,12 @@ def _is_ours(op) -> bool:
     ``torch.library`` infers from the pure function (Detectron2's C++ schema has unnamed
     arguments, ``(Tensor _0, Tensor _1, float _2) -> Tensor _0``)."""
     name = op._qualified_op_name.split("::")[1]
-    inferred = torch.library.infer_schema(getattr(rotated_ops, name), mutates_args=())
+    # public as torch.library.infer_schema from torch 2.5; torch 2.4 has the same function (same
+    # signature), which its torch.library.custom_op calls, under torch._library
+    infer_schema = getattr(torch.library, "infer_schema", None)
+    if infer_schema is None:
+        from torch._library.infer_schema import infer_schema
+    inferred = infer_schema(getattr(rotated_ops, name), mutates_args=())
     return str(op.default._schema) == f"detectron2::{name}{inferred}"
 
 
