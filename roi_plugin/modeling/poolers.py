@@ -70,7 +70,7 @@ class ROIAlignPooler(nn.Module):
         scales: Sequence[float],
         sampling_ratio: int,
         pooler_type: str,
-        canonical_box_size: int = 224,
+        canonical_box_size: float = 224,
         canonical_level: int = 4,
         *,
         sampler: str = "gather",
@@ -101,7 +101,9 @@ class ROIAlignPooler(nn.Module):
         self.aligned = POOLER_TYPES[pooler_type]
         self.rotated = pooler_type == "ROIAlignRotated"
         self.sampler = sampler
-        self.canonical_box_size = canonical_box_size
+        # a float, as the operator takes it: an int attribute is symbolic under torch 2.4's
+        # torch.compile(dynamic=True), and float() of it made inductor fail ("False != True")
+        self.canonical_box_size = float(canonical_box_size)
         self.canonical_level = canonical_level
         self.single_thread = bool(single_thread)
         # Typed copies for TorchScript (a scripted forward cannot index a tuple by a variable).
@@ -245,7 +247,8 @@ class ROIAlignPooler(nn.Module):
             )
         out = []
         for i, b in enumerate(box_lists):
-            t = getattr(b, "tensor", b)
+            # isinstance first: torch 2.4's Dynamo breaks the graph on getattr of a tensor
+            t = b if isinstance(b, torch.Tensor) else getattr(b, "tensor", b)
             if not isinstance(t, torch.Tensor):
                 raise TypeError(f"boxes of image {i} are {type(b).__name__}, not Boxes or a tensor")
             if rotated and (t.dim() != 2 or t.shape[1] != 5):
