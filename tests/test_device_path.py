@@ -24,7 +24,7 @@ from helpers import REPO, SCALES, TOL, box_zoo, load_tool, pyramid, random_boxes
 pytestmark = pytest.mark.skipif(device_path._jit_kernels is None, reason="Triton is not installed")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 interpreted = pytest.mark.skipif(
-    DEVICE == "cpu" and not (device_path._jit_kernels and device_path.triton.knobs.runtime.interpret),
+    DEVICE == "cpu" and not device_path.interpreted(),
     reason="the kernels run on the CPU only in Triton's interpreter (TRITON_INTERPRET=1 before triton is imported)",
 )
 DEVICE_MODE = "auto" if DEVICE == "cuda" else "interpret"

@@ -71,10 +71,16 @@ def enabled(sampler: str, pooler_type: str, features: Sequence[torch.Tensor]) ->
     return m == "interpret" or (m == "auto" and features[0].is_cuda)
 
 
+def interpreted() -> bool:
+    """Whether the kernels run in Triton's interpreter (``TRITON_INTERPRET=1`` when triton was
+    first imported): the only way they run on CPU tensors."""
+    return _jit_kernels is not None and type(_jit_kernels.roi_align_forward_kernel).__name__ == "InterpretedFunction"
+
+
 def _kernels(device: torch.device):
     """The kernels; on a device other than CUDA they run in Triton's interpreter, which must be
     switched on before ``triton`` is first imported (tests/conftest.py does so without a GPU)."""
-    if device.type != "cuda" and not triton.knobs.runtime.interpret:
+    if device.type != "cuda" and not interpreted():
         raise RuntimeError(
             "ROI_PLUGIN_DEVICE_PATH=interpret runs the Triton kernels on CPU tensors through Triton's "
             "interpreter, which must be on before triton is imported: start the process with TRITON_INTERPRET=1"

@@ -62,7 +62,12 @@ def compile_for(direction: str, dtype: str = "fp32", output: int = 7, ratio: int
     meta.update(overrides)
     warps = num_warps or meta.pop("num_warps")
     meta.pop("num_warps", None)
-    src = ASTSource(fn=fn, signature=sig, constexprs=meta)
+    try:
+        src = ASTSource(fn=fn, signature=sig, constexprs=meta)
+    except TypeError:  # Triton 3.0 (torch 2.4): types and constants by argument position
+        index = {name: i for i, name in enumerate(fn.arg_names)}
+        src = ASTSource(fn=fn, signature={index[n]: t for n, t in sig.items() if t != "constexpr"},
+                        constants={index[n]: v for n, v in meta.items()})
     return triton.compile(src, target=GPUTarget("cuda", capability, 32),
                           options=dict(num_warps=warps, enable_fp_fusion=False))
 
