@@ -24,7 +24,7 @@ def test_dry_run(tmp_path):
     res = run_tool("--quick", "--out", str(out))
     text = out.read_text()
     assert "dry run" in text.splitlines()[0] and "--device cpu --quick --out" in text
-    for section in ("## 1. The device path", "## 2. Equality", "## 3. Determinism", "## 4. Memory under determinism",
+    for section in ("## 1. The device path", "## 2. Equality", "## 3. Determinism", "## 4. Memory",
                     "## 5. Speed"):
         assert section in text
     # section 1: the counts of the device path within issue 27's limits, the plan path's for contrast,

@@ -23,13 +23,15 @@ cut short keeps what it measured):
    run, are the feature gradients bitwise equal; 20 iterations of the shapes Mask R-CNN
    (configs/shapes/mask_rcnn_plugin.yaml and mask_rcnn_builtin.yaml) trained twice from the
    same seed on the same batches, losses compared.
-4. **Memory under determinism**: peak GPU memory and time of a training step (forward +
+4. **Memory**: peak GPU memory and time of a training step against ``ROIPooler``'s without the
+   determinism flag; then under it: peak GPU memory and time of a training step (forward +
    backward) of the pooler against ``ROIPooler``, whose torchvision ``roi_align`` takes its
    pure-Python path under the flag, at Detectron2's defaults and at growing inputs until
    torchvision's runs out of memory.
-5. **Speed**: tools/benchmark.py's pooler cases and its whole-model R50-FPN case on CUDA
-   (synchronised medians, implementations interleaved), and a profile of the pooler's
-   training step (kernels, host syncs).
+5. **Speed**: tools/benchmark.py's pooler cases and its whole-model cases (R50-FPN and the
+   shapes model: built-in heads, plugin heads, plugin heads under ``torch.compile(model.roi_heads)``,
+   whose failure is reported with its chain of causes) on CUDA (synchronised medians,
+   implementations interleaved).
 
 Without a CUDA device (or with ``--device cpu``) it is a dry run: the CPU parts that make sense
 (section 2's CPU results and references, a small determinism check on the CPU) run, every
@@ -472,14 +474,39 @@ def peak_and_time(step, feats, device, reps):
 
 
 def memory(report, device, quick):
-    report.add("## 4. Memory under determinism", "")
+    report.add("## 4. Memory", "")
     if device.type != "cuda":
         report.add(f"{SKIPPED}.", "")
         return
     hw = image_size(quick)
     report.add(
-        "A training step (forward + backward, 7x7, 2 images, P2..P5, tools/benchmark.py's boxes) under "
-        "`torch.use_deterministic_algorithms(True)`: the plugin's `gather` sampler against Detectron2's "
+        "A training step (forward + backward, 7x7, 2 images, P2..P5, tools/benchmark.py's boxes) without "
+        "`torch.use_deterministic_algorithms(True)`, the plugin's `gather` sampler against Detectron2's "
+        "`ROIPooler` (target: within 1.1x its peak), then under the flag. Peak: `torch.cuda.max_memory_allocated` "
+        "over the memory allocated before the step (maps, no gradients); time: median of 3 after one warm-up.", "",
+        "| input, without the flag | plugin peak GiB | plugin ms | ROIPooler peak GiB | ROIPooler ms | peak ratio |",
+        "|---|---|---|---|---|---|")
+    for label, (hh, ww), n, ratio, channels in [("Detectron2's defaults", hw, 1000, 0, 256),
+                                                 ("sampling ratio 2", hw, 1000, 2, 256),
+                                                 ("mask pooler 14x14", hw, 64, 0, 256)]:
+        peaks, cells = [], []
+        for impl in ("gather", "detectron2"):
+            try:
+                step = pooler_step(impl, 14 if "mask" in label else 7, ratio, n, (hh, ww), device, channels)
+                with deterministic(False):
+                    gib, sec = peak_and_time(step, step.feats, device, 3)
+                peaks.append(gib)
+                cells += [f"{gib:.3f}", f"{sec * 1e3:.1f}"]
+            except Exception as e:
+                cells += [first_line(e), "-"]
+            step = None
+            gc.collect()
+            torch.cuda.empty_cache()
+        ratio_cell = f"{peaks[0] / peaks[1]:.2f}x" if len(peaks) == 2 and peaks[1] > 0 else "-"
+        report.add(f"| {label}: {hh}x{ww}, {n} ROIs/image, ratio {ratio}, {channels} channels | "
+                   + " | ".join(cells) + f" | {ratio_cell} |")
+    report.add(
+        "", "Under `torch.use_deterministic_algorithms(True)`: the plugin's `gather` sampler against Detectron2's "
         "`ROIPooler` (torchvision's `roi_align` takes its pure-Python path under the flag, which under adaptive "
         "sampling samples every ROI on a grid as large as the level's map). Peak: "
         "`torch.cuda.max_memory_allocated` over the memory allocated before the step (maps, no gradients); "
