@@ -1,11 +1,12 @@
 # Copyright (c) roi_plugin authors. Licensed under the Apache License 2.0.
-"""The device path (issue 27): the ``gather`` operators as two Triton kernels, without host reads.
+"""The device path (issue 27): the ``gather`` operators as Triton kernels, without host reads.
 
 Without a GPU the kernels run here in Triton's interpreter (tests/conftest.py switches it on),
 on CPU tensors (``ROI_PLUGIN_DEVICE_PATH=interpret``), and are compiled for an sm_90 GPU so
 that a kernel that would not build fails here. References: the plan path (the CPU operators,
 held to torchvision's ``roi_align`` by test_pooler.py), within 1e-5 in float32 as the issue
-asks, and torchvision's ``roi_align`` in float64 directly. Counts of host reads and operator
+asks, and torchvision's ``roi_align`` in float64 directly (rotated boxes: the float64
+transcription of Detectron2's ``ROIAlignRotated`` kernel). Counts of host reads and operator
 calls per call come from tools/op_counts.py (the profiler).
 """
 import json
@@ -21,7 +22,7 @@ from roi_plugin.layers import device_path
 
 from helpers import REPO, SCALES, TOL, box_zoo, load_tool, pyramid, random_boxes, torchvision_reference
 
-pytestmark = pytest.mark.skipif(device_path._jit_kernels is None, reason="Triton is not installed")
+pytestmark = pytest.mark.skipif(device_path._upright_kernels is None, reason="Triton is not installed")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 interpreted = pytest.mark.skipif(
     DEVICE == "cpu" and not device_path.interpreted(),
@@ -69,6 +70,45 @@ def test_equals_plan_path_and_torchvision(monkeypatch, pooler_type, sampling_rat
                           for o in [o[b.abs().amax(1) < 1e6]]])
     assert (near_out.double() - exact).abs().max() <= TOL
     assert out[-5:].abs().sum() > 0  # image 1's boxes were pooled
+
+
+def rotated_boxes_for(h, w, seed):
+    """(10, 5) rotated boxes over an h x w image: any angle, across the border, tiny, empty, a
+    line, one of the image's size, 0 and 90 degrees."""
+    g = torch.Generator().manual_seed(seed)
+    ctr = torch.rand(10, 2, generator=g) * torch.tensor([w * 1.2, h * 1.2]) - torch.tensor([w * 0.1, h * 0.1])
+    wh = 4 + torch.rand(10, 2, generator=g) * torch.tensor([w * 0.8, h * 0.8])
+    wh[0] = torch.tensor([w, h])  # the image's size
+    wh[1] = torch.tensor([0.6, 0.4])  # tiny
+    wh[2] = 0.0  # empty
+    wh[3, 0] = 0.0  # a line
+    angle = torch.rand(10, 1, generator=g) * 360 - 180
+    angle[4], angle[5] = 0.0, 90.0
+    return torch.cat([ctr, wh, angle], 1)
+
+
+@interpreted
+@pytest.mark.slow
+@pytest.mark.parametrize("sampling_ratio", [0, 2])
+def test_rotated_equals_plan_path_and_detectron2_kernel(monkeypatch, sampling_ratio):
+    """ROIAlignRotated: the plan path within 1e-5, and the float64 transcription of Detectron2's
+    ROIAlignRotated kernel (tests/rotated_reference.py) within 1e-5, outputs and gradients."""
+    from test_rotated_pooler import reference_pyramid
+
+    feats = pyramid(batch=2, height=64, width=64, channels=2, seed=15)
+    boxes = [rotated_boxes_for(64, 64, seed=16)[:7], rotated_boxes_for(64, 64, seed=17)[:2]]
+    pooler = ROIAlignPooler(7, SCALES, sampling_ratio, "ROIAlignRotated")
+    grad = torch.randn(9, 2, 7, 7, generator=torch.Generator().manual_seed(18))
+    ref, ref_grads = pool(monkeypatch, "off", pooler, feats, boxes, grad)
+    out, grads = pool(monkeypatch, DEVICE_MODE, pooler, feats, boxes, grad)
+    assert (out.cpu() - ref).abs().max() <= 1e-5
+    for g, r in zip(grads, ref_grads):
+        assert (g.cpu() - r).abs().max() <= 1e-5
+    exact, _ = reference_pyramid(feats, boxes, 7, sampling_ratio)
+    assert (out.cpu().double() - exact).abs().max() <= 1e-5
+    assert exact.abs().amax((1, 2, 3)).gt(0).sum() >= 6
+    _, again = pool(monkeypatch, DEVICE_MODE, pooler, feats, boxes, grad)
+    assert all(torch.equal(a, b) for a, b in zip(grads, again))
 
 
 @interpreted
@@ -127,8 +167,9 @@ def test_backward_is_deterministic_and_zero_where_unread(monkeypatch):
     assert torch.count_nonzero(first[3]) == 0 and torch.count_nonzero(first[0][0]) > 0
 
 
-@pytest.mark.parametrize("ratio,output", [(0, 7), (2, 7), (0, 14)])
-def test_host_reads_and_operator_calls(ratio, output):
+@pytest.mark.parametrize("ratio,output,pooler_type", [(0, 7, "ROIAlignV2"), (2, 7, "ROIAlignV2"),
+                                                      (0, 14, "ROIAlignV2"), (0, 7, "ROIAlignRotated")])
+def test_host_reads_and_operator_calls(ratio, output, pooler_type):
     """Issue 27's limits at Detectron2's defaults (4 levels, upright boxes, any number of ROIs):
     at most 2 host reads and 100 operator calls other than views per operator call; the forward's
     one read is the box check's, the backward reads nothing. The counts do not grow with the ROIs."""
@@ -136,7 +177,7 @@ def test_host_reads_and_operator_calls(ratio, output):
     seen = []
     for rois in (16, 1024):
         counts = op_counts.pooler_counts("gather", "device", rois=rois, ratio=ratio, output=output, channels=4,
-                                         device=DEVICE)
+                                         pooler_type=pooler_type, device=DEVICE)
         fwd, bwd = counts["forward"], counts["backward"]
         assert fwd.host_reads == 1 and bwd.host_reads == 0, (fwd.reads_by_name, bwd.reads_by_name)
         assert fwd.calls <= 100 and bwd.calls <= 100, (fwd.by_name, bwd.by_name)
@@ -159,7 +200,7 @@ def test_which_calls_take_the_device_path(monkeypatch):
     monkeypatch.setenv("ROI_PLUGIN_DEVICE_PATH", "interpret")
     assert device_path.enabled("gather", "ROIAlign", feats)
     assert not device_path.enabled("grid_sample", "ROIAlignV2", feats)
-    assert not device_path.enabled("gather", "ROIAlignRotated", feats)
+    assert device_path.enabled("gather", "ROIAlignRotated", feats)
     assert not device_path.enabled("gather", "ROIAlignV2", feats * (device_path.MAX_LEVELS + 1))
     monkeypatch.setenv("ROI_PLUGIN_DEVICE_PATH", "off")
     assert not device_path.enabled("gather", "ROIAlignV2", feats)
@@ -180,7 +221,7 @@ def test_kernels_compile_for_sm90():
                          capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     built = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
-    assert len(built) == 4
+    assert len(built) == 6
     for k in built:
         assert k["cubin_bytes"] > 0 and k["atomics"] == 0 and k["approximate_divisions"] == 0, k
         assert k.get("spill_stores", 0) == 0 and "registers" in k, k

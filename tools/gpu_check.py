@@ -210,12 +210,12 @@ def device_path(report, device, quick):
         f"{rois} ROIs per image, sampling ratio 0) on {device.type}, counted with the profiler by tools/op_counts.py: "
         "*operator calls*: aten calls other than views, nested calls included, plus one per Triton kernel launch; "
         "*host reads*: `.item()`, `int()`/`bool()` of a tensor, `.tolist()`, `nonzero` (boolean-mask indexing), "
-        "`unique`, `bincount`, `repeat_interleave` without `output_size`. *device*: the Triton kernels (upright "
-        "boxes, `gather`); *plan*: the embedding_bag plan (the CPU's path; on CUDA, the rotated pooler's and "
+        "`unique`, `bincount`, `repeat_interleave` without `output_size`. *device*: the Triton kernels (the "
+        "`gather` sampler's path on CUDA); *plan*: the embedding_bag plan (the CPU's path; on CUDA, "
         "`grid_sample`'s)"
         + ("" if device.type == "cuda" else "; in a dry run the kernels' launches are recorded, not run") + ".", "",
         "| pooler | path | direction | operator calls | host reads | kernel launches |", "|---|---|---|---:|---:|---:|")
-    rows = [("gather", "ROIAlignV2", "device"), ("gather", "ROIAlignV2", "plan"),
+    rows = [("gather", "ROIAlignV2", "device"), ("gather", "ROIAlignV2", "plan"), ("gather", "ROIAlignRotated", "device"),
             ("gather", "ROIAlignRotated", "plan"), ("grid_sample", "ROIAlignV2", "plan")]
     for sampler, pooler_type, path in rows:
         counts = op_counts.pooler_counts(sampler, path, rois, 0, pooler_type, device=device.type)

@@ -180,7 +180,7 @@ def main(argv=None):
           f"{args.device}; calls = aten calls other than views (nested included) + Triton launches")
     print("| pooler | path | direction | operator calls | host reads | launches |")
     print("|---|---|---|---:|---:|---:|")
-    rows = [("gather", "ROIAlignV2", "device"), ("gather", "ROIAlignV2", "plan"),
+    rows = [("gather", "ROIAlignV2", "device"), ("gather", "ROIAlignV2", "plan"), ("gather", "ROIAlignRotated", "device"),
             ("gather", "ROIAlignRotated", "plan"), ("grid_sample", "ROIAlignV2", "plan")]
     for sampler, pooler_type, path in rows:
         counts = pooler_counts(sampler, path, args.rois, args.ratio, pooler_type, channels=args.channels,

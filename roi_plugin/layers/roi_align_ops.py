@@ -14,9 +14,9 @@ pixels, and every setting is an int/float/bool/str argument, so eager, ``torch.c
 ``torch.export`` and the profiler all run this one implementation. Inside the op: the box
 value checks (the pooler's error messages), level routing (:mod:`.levels`), the geometry
 (:mod:`.axis_taps` / :mod:`.geometry` / :mod:`.rotated_geometry`) and the sampler, on one
-intra-op thread unless ``single_thread`` is False (:mod:`.threads`). On CUDA, ``gather`` with
-upright boxes takes the device path instead (:mod:`.device_path`): two Triton kernels with the
-same geometry, no host reads but the box check's, a deterministic backward.
+intra-op thread unless ``single_thread`` is False (:mod:`.threads`). On CUDA, ``gather`` takes
+the device path instead (:mod:`.device_path`): Triton kernels with the same geometry, no host
+reads but the box check's, a deterministic backward.
 
 Autograd. Pooling is linear in the features: ``pooled = P(rois) features``, so the backward
 is the transpose, ``dfeatures = P(rois)^T grad``, an operator of its own, and the derivative
@@ -153,8 +153,7 @@ def _forward(sampler: str, features: List[torch.Tensor], rois: torch.Tensor, out
         if len(r.boxes) == 0:
             return features[0].new_zeros((0, sizes[0][1], *out_hw))
         if device_path.enabled(sampler, pooler_type, features):
-            return device_path.forward(list(features), rois, r.level_of, out_hw, scales, sampling_ratio,
-                                       POOLER_TYPES[pooler_type])
+            return device_path.forward(list(features), rois, r.level_of, out_hw, scales, sampling_ratio, pooler_type)
         if sampler == "gather":
             plan = _gather_plan(r, sizes, scales, out_hw, sampling_ratio, pooler_type)
             return gather_forward(plan, list(features), len(r.boxes), out_hw, r.compute_dtype)
@@ -174,7 +173,7 @@ def _backward(sampler: str, grad: torch.Tensor, rois: torch.Tensor, sizes: List[
             return [torch.zeros(s, dtype=dtype, device=grad.device) for s in shapes]
         if device_path.enabled(sampler, pooler_type, [grad] * len(shapes)):
             return device_path.backward(grad, rois, r.level_of, shapes, dtype, out_hw, scales, sampling_ratio,
-                                        POOLER_TYPES[pooler_type])
+                                        pooler_type)
         if sampler == "gather":
             plan = _gather_plan(r, shapes, scales, out_hw, sampling_ratio, pooler_type)
             return gather_backward(plan, grad, shapes, dtype, r.compute_dtype)

@@ -14,7 +14,7 @@ import tempfile
 
 import torch
 
-from roi_plugin.layers import device_path, roi_align_kernels
+from roi_plugin.layers import device_path, roi_align_kernels, rotated_kernels
 
 TYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp64": torch.float64}
 
@@ -37,8 +37,9 @@ def _signature(fn, dtype: str, pointer_names, index_names, int_names, float_name
     return sig
 
 
-def compile_for(direction: str, dtype: str = "fp32", output: int = 7, ratio: int = 0, aligned: bool = True,
-                levels: int = 4, capability: int = 90, num_warps: int = None, **overrides):
+def compile_for(direction: str, dtype: str = "fp32", output: int = 7, ratio: int = 0,
+                pooler_type: str = "ROIAlignV2", levels: int = 4, capability: int = 90, num_warps: int = None,
+                **overrides):
     """The ``direction`` ("forward"/"backward") kernel for maps of ``dtype`` compiled for compute
     capability ``capability`` (a ``triton.compiler.CompiledKernel`` with ``asm["ptx"]``, ``["cubin"]``);
     ``num_warps`` and ``overrides`` of the compile-time arguments try other block sizes."""
@@ -48,14 +49,14 @@ def compile_for(direction: str, dtype: str = "fp32", output: int = 7, ratio: int
 
     levels_args = [f"{c}{i}" for c in "HW" for i in range(device_path.MAX_LEVELS)]
     floats = [f"s{i}" for i in range(device_path.MAX_LEVELS)]
+    name = device_path.kernel_name(pooler_type, direction)
+    fn = getattr(rotated_kernels if "rotated" in name else roi_align_kernels, name)
     if direction == "forward":
-        fn = roi_align_kernels.roi_align_forward_kernel
-        meta = device_path.forward_meta((output, output), ratio, aligned, TYPES[dtype], levels)
+        meta = device_path.forward_meta((output, output), ratio, pooler_type, TYPES[dtype], levels)
         pointers = {"out_ptr"} | {f"f{i}" for i in range(device_path.MAX_LEVELS)}
         sig = _signature(fn, dtype, pointers, {"level_ptr"}, set(levels_args) | {"C"}, floats)
     else:
-        fn = roi_align_kernels.roi_align_backward_kernel
-        meta = device_path.backward_meta((output, output), ratio, aligned, TYPES[dtype], levels)
+        meta = device_path.backward_meta((output, output), ratio, pooler_type, TYPES[dtype], levels)
         pointers = {"grad_ptr"} | {f"d{i}" for i in range(device_path.MAX_LEVELS)}
         ints = set(levels_args) | {f"P{i}" for i in range(1, device_path.MAX_LEVELS)} | {"C", "B"}
         sig = _signature(fn, dtype, pointers, {"level_ptr", "order_ptr", "seg_ptr"}, ints, floats)
@@ -107,12 +108,14 @@ def main(argv=None):
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--capability", type=int, default=90, help="compute capability x 10 (90: H100, H200)")
-    parser.add_argument("--kernels", default="forward:fp32:7,forward:fp16:14,backward:fp32:7,backward:bf16:14",
-                        help="DIRECTION:DTYPE:OUTPUT,... to build")
+    parser.add_argument("--kernels", default="forward:fp32:7,forward:fp16:14,backward:fp32:7,backward:bf16:14,"
+                        "forward:fp32:7:rotated,backward:fp32:7:rotated",
+                        help="DIRECTION:DTYPE:OUTPUT[:rotated],... to build")
     args = parser.parse_args(argv)
     for spec in args.kernels.split(","):
-        direction, dtype, output = spec.split(":")
-        kernel = compile_for(direction, dtype, int(output), capability=args.capability)
+        direction, dtype, output, *rotated = spec.split(":")
+        kernel = compile_for(direction, dtype, int(output), capability=args.capability,
+                             pooler_type="ROIAlignRotated" if rotated else "ROIAlignV2")
         ptx = kernel.asm["ptx"]
         print(json.dumps(dict(kernel=spec, cubin_bytes=len(kernel.asm["cubin"]), atomics=ptx.count("atom."),
                               approximate_divisions=ptx.count("div.full.f32") + ptx.count("div.approx.f32"),
