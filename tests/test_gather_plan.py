@@ -86,7 +86,8 @@ def test_chunking_is_exact(monkeypatch):
 
     default = run()
     monkeypatch.setattr(gather, "_CHUNKS", (8,))  # 3 chunks of 8 channels
-    monkeypatch.setattr(gather, "_roi_blocks", lambda plan, n, bins: [(r, min(r + 5, n)) for r in range(0, n, 5)])
+    monkeypatch.setattr(gather, "_bin_calls", lambda plan, roi_bins: [
+        (b, min(b + 5 * roi_bins - 3, plan.bins[1])) for b in range(plan.bins[0], plan.bins[1], 5 * roi_bins - 3)])
     chunked = run()
     for a, b in zip(default, chunked):
         assert torch.equal(a, b)
