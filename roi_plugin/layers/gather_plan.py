@@ -51,7 +51,8 @@ __all__ = ["GatherPlan", "GatherPlans", "TransposedPlan", "plan_budget", "rotate
 # may always hold _MIN_BLOCK_TAPS taps (1 MiB of int32 + float32): fewer blocks for small outputs
 # would not save memory worth their calls. The sampler's temporaries are a few times a block.
 _PLAN_SHARE = 0.25
-_MIN_BLOCK_TAPS = 2**17
+_MIN_BLOCK_TAPS = 2**16
+_SORT_FACTOR = 4  # the backward's transient per tap (rows, weights, bins, the sort's), in taps
 _BIN_TAPS = 4  # a bin's (or a segment's) own int32 temporaries, in taps
 _SAMPLE_TAPS = 16  # the temporaries of one sample of axis_taps, in taps
 
@@ -132,11 +133,13 @@ def transpose(plan: GatherPlan, exclusive: bool, alone: bool) -> TransposedPlan:
     return TransposedPlan(parts, plan.num_rows, src_bin, weight, start, plan.bins, exclusive, alone)
 
 
-def plan_budget(reference_bytes: int, itemsize: int) -> int:
+def plan_budget(reference_bytes: int, itemsize: int, backward: bool = False) -> int:
     """Taps per block: :data:`_PLAN_SHARE` of ``reference_bytes`` (the output for a forward, the
-    output and the feature gradients for a backward), at least :data:`_MIN_BLOCK_TAPS`; a tap
-    is an int32 row and a weight of ``itemsize`` bytes."""
-    return max(_MIN_BLOCK_TAPS, int(_PLAN_SHARE * reference_bytes / (4 + itemsize)))
+    output and the feature gradients for a backward) in the block's taps (an int32 row and a
+    weight of ``itemsize`` bytes each; the backward sorts them, some four times that while it
+    does), at least :data:`_MIN_BLOCK_TAPS`."""
+    per_tap = (4 + itemsize) * (_SORT_FACTOR if backward else 1)
+    return max(_MIN_BLOCK_TAPS, int(_PLAN_SHARE * reference_bytes / per_tap))
 
 
 def _cuts(bag_sizes: torch.Tensor, max_taps: int) -> List[int]:
@@ -254,7 +257,7 @@ def upright_gather_plan(
             nq += bsz * h
         q = (torch.tensor(pix_row0, device=device)[level_of] + batch * lv[:, 1])[y_roi] + ys.pixel
         per_row = torch.zeros(nq, dtype=torch.int64, device=device)
-        per_row.index_add_(0, q, x_count.view(n, pw).sum(1)[y_roi] + _BIN_TAPS * pw)
+        per_row.index_add_(0, q, x_count.view(n, pw).sum(1)[y_roi] + pw)  # + its segments
         q_cuts = _cuts(per_row, max_taps)
         del per_row
         alone = len(q_cuts) == 2

@@ -133,7 +133,7 @@ def _gather_plan(r: _Rois, sizes, scales, output_size, sampling_ratio: int, pool
     returned = len(r.boxes) * output_size[0] * output_size[1] * sizes[0][1]
     if backward:
         returned += sum(s[0] * s[1] * s[2] * s[3] for s in sizes)
-    max_taps = plan_budget(returned * r.compute_dtype.itemsize, r.compute_dtype.itemsize)
+    max_taps = plan_budget(returned * r.compute_dtype.itemsize, r.compute_dtype.itemsize, backward)
     if pooler_type == "ROIAlignRotated":
         return rotated_gather_plan(
             bhw, r.level_of,
