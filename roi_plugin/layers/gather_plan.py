@@ -322,65 +322,89 @@ def _dense_group_taps(group: SampleGroup, row0: int, h: int, w: int, ph: int, pw
 
 def rotated_gather_plan(
     sizes: List[Tuple[int, int, int]], level_of: torch.Tensor, samples_of: torch.Tensor,
-    levels_of: Callable[[int, int], List[LevelSamples]], output_size: Tuple[int, int], compute_dtype: torch.dtype,
+    levels_of: Callable[..., List[LevelSamples]], output_size: Tuple[int, int], compute_dtype: torch.dtype,
     max_taps: int,
 ) -> GatherPlans:
     """The bags of rotated boxes (dense sample groups, :mod:`.rotated_geometry`), in output order,
-    in blocks of whole ROIs.
+    in blocks of whole bin rows: whole ROIs, or some rows of one ROI that alone exceeds the budget.
 
     Args:
         sizes: (B, H, W) of every level of the pooler. level_of: (N,) level of each ROI.
         samples_of: (N,) int64 samples each ROI lays out (an upper bound of its taps / 4).
-        levels_of: ``(r0, r1) ->`` the sample groups of ROIs ``r0..r1-1`` (their ``rois`` counted
-            from ``r0``), :func:`.rotated_geometry.rotated_sample_groups` on those ROIs.
+        levels_of: ``(r0, r1, rows) ->`` the sample groups of ROIs ``r0..r1-1`` (their ``rois``
+            counted from ``r0``), of their bin rows ``rows = (py0, py1)`` only if not None:
+            :func:`.rotated_geometry.rotated_sample_groups` on those ROIs.
         max_taps: taps per block (:func:`plan_budget`).
     """
     ph, pw = output_size
     nbins = ph * pw
     device, n = level_of.device, level_of.numel()
     dense, first_row, row0 = _dense_levels(sizes, torch.bincount(level_of, minlength=len(sizes)).tolist())
-    roi_cuts = _cuts(4 * samples_of, max_taps)
+    row_cost = torch.div(4 * samples_of, ph, rounding_mode="floor") + _BIN_TAPS * pw
+    cuts = [u * pw for u in _cuts(row_cost.repeat_interleave(ph), max_taps)]  # whole bin rows
 
-    def build(k0: int, k1: int) -> GatherPlan:
-        r0, r1 = k0 // nbins, k1 // nbins
+    def piece(r0: int, r1: int, rows: Optional[Tuple[int, int]]):
+        """(index, weight, bag sizes) of ROIs r0..r1-1 (of their rows ``rows``), in output order."""
+        nb = nbins if rows is None else (rows[1] - rows[0]) * pw
+        ph_ = nb // pw
         rois, index, weight, bags = [], [], [], []
-        for plan in levels_of(r0, r1):
+        for plan in levels_of(r0, r1, rows):
             bsz, h, w = sizes[plan.level]
             for group in plan.groups:
                 rois.append(group.rois)
                 if group.ys is None:
-                    bags.append(torch.zeros(group.rois.numel() * nbins, dtype=torch.int64, device=device))
+                    bags.append(torch.zeros(group.rois.numel() * nb, dtype=torch.int64, device=device))
                     continue
-                idx, wt, bag = _dense_group_taps(group, first_row[plan.level], h, w, ph, pw)
+                idx, wt, bag = _dense_group_taps(group, first_row[plan.level], h, w, ph_, pw)
                 index.append(idx)
-                weight.append(wt)
+                weight.append(wt.to(compute_dtype))
                 bags.append(bag)
         plan_sizes = torch.cat(bags)  # bags in plan order: level, then grid group
-        if index:
-            plan_index, plan_weight = torch.cat(index), torch.cat(weight).to(compute_dtype)
-        else:
-            plan_index = torch.zeros(0, dtype=torch.int64, device=device)
-            plan_weight = torch.zeros(0, dtype=compute_dtype, device=device)
+        plan_index = torch.cat(index) if index else torch.zeros(0, dtype=torch.int64, device=device)
+        plan_weight = torch.cat(weight) if weight else torch.zeros(0, dtype=compute_dtype, device=device)
         del index, weight
         # Move bags (and their taps) to output order, so that the forward writes each chunk
         # of bins with one copy and the backward reads the gradient without a gather.
-        dest = (torch.cat(rois)[:, None] * nbins + torch.arange(nbins, device=device)).flatten()
+        dest = (torch.cat(rois)[:, None] * nb + torch.arange(nb, device=device)).flatten()
         bag_sizes = torch.empty_like(plan_sizes)
         bag_sizes[dest] = plan_sizes
         offsets = torch.cumsum(bag_sizes, 0) - bag_sizes
         shift = offsets[dest] - (torch.cumsum(plan_sizes, 0) - plan_sizes)
         position = torch.arange(plan_index.numel(), device=device) + torch.repeat_interleave(shift, plan_sizes)
-        # int32 rows and offsets (embedding_bag takes them): half the memory of the taps.
-        itype = torch.int32 if max(row0, plan_index.numel()) < 2**31 else torch.int64
-        index_t = torch.empty(plan_index.shape, dtype=itype, device=device)
-        index_t[position] = plan_index.to(itype)
+        index_t = torch.empty_like(plan_index)
+        index_t[position] = plan_index
         weight_t = torch.empty_like(plan_weight)
         weight_t[position] = plan_weight
-        del plan_index, plan_weight, position
-        index_t, blocks, num_rows = _table_blocks(dense, index_t, row0)
-        return GatherPlan(dense, blocks, num_rows, index_t, weight_t, offsets.to(itype), bag_sizes, (k0, k1))
+        return index_t, weight_t, bag_sizes
 
-    return GatherPlans(dense, n * nbins, [k * nbins for k in roi_cuts], build)
+    def build(k0: int, k1: int) -> GatherPlan:
+        parts = [piece(r0, r1, rows) for r0, r1, rows in _row_pieces(k0 // pw, k1 // pw, ph)]
+        index, weight, bag_sizes = (torch.cat(t) if len(parts) > 1 else t[0] for t in zip(*parts))
+        del parts
+        # int32 rows and offsets (embedding_bag takes them): half the memory of the taps.
+        itype = torch.int32 if max(row0, index.numel()) < 2**31 else torch.int64
+        index, blocks, num_rows = _table_blocks(dense, index.to(itype), row0)
+        offsets = (torch.cumsum(bag_sizes, 0) - bag_sizes).to(itype)
+        return GatherPlan(dense, blocks, num_rows, index, weight, offsets, bag_sizes, (k0, k1))
+
+    return GatherPlans(dense, n * nbins, cuts, build)
+
+
+def _row_pieces(u0: int, u1: int, ph: int) -> List[Tuple[int, int, Optional[Tuple[int, int]]]]:
+    """Bin rows ``u0..u1-1`` (row ``u`` is row ``u % ph`` of ROI ``u // ph``) as ``(r0, r1, rows)``:
+    whole ROIs (rows None), or rows ``(py0, py1)`` of one ROI."""
+    out = []
+    while u0 < u1:
+        r, py = divmod(u0, ph)
+        if py == 0 and u1 - u0 >= ph:
+            r1 = r + (u1 - u0) // ph
+            out.append((r, r1, None))
+            u0 = r1 * ph
+        else:
+            py1 = min(ph, py + u1 - u0)
+            out.append((r, r + 1, (py, py1)))
+            u0 += py1 - py
+    return out
 
 
 def _table_blocks(levels, index: torch.Tensor, num_rows: int):

@@ -139,8 +139,9 @@ def _gather_plan(r: _Rois, sizes, scales, output_size, sampling_ratio: int, pool
             bhw, r.level_of,
             rotated_samples_per_roi(r.boxes, r.level_of, [(s[2], s[3]) for s in sizes], scales, output_size,
                                     sampling_ratio),
-            lambda r0, r1: _levels(r._replace(boxes=r.boxes[r0:r1], batch=r.batch[r0:r1], level_of=r.level_of[r0:r1]),
-                                   sizes, scales, output_size, sampling_ratio, pooler_type),
+            lambda r0, r1, rows: rotated_sample_groups(r.boxes[r0:r1], r.batch[r0:r1], r.level_of[r0:r1],
+                                                       [(s[2], s[3]) for s in sizes], scales, output_size,
+                                                       sampling_ratio, r.compute_dtype, rows),
             output_size, r.compute_dtype, max_taps)
     # upright boxes: all ROIs in one plan, no sample groups
     return upright_gather_plan(bhw, r.boxes, r.batch, r.level_of, scales, output_size, sampling_ratio,

@@ -40,7 +40,7 @@ is still checked exactly), as :func:`.geometry.axis_samples` does for upright bo
 samples on the map, in the same order, and memory bounded by the map, not the box.
 """
 import math
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 
@@ -97,9 +97,10 @@ def _window(lo: torch.Tensor, hi: torch.Tensor, extent: torch.Tensor, pooled: in
 def rotated_samples(
     cx: torch.Tensor, cy: torch.Tensor, width: torch.Tensor, height: torch.Tensor, theta: torch.Tensor,
     output_size: Tuple[int, int], gh: torch.Tensor, gw: torch.Tensor, g_h: int, g_w: int,
-    size: Tuple[int, int], dtype: torch.dtype,
+    size: Tuple[int, int], dtype: torch.dtype, rows: Optional[Tuple[int, int]] = None,
 ) -> Tuple[AxisSamples, AxisSamples]:
-    """Dense samples of a group of rotated ROIs.
+    """Dense samples of a group of rotated ROIs (of their bin rows ``rows = (py0, py1)`` only if
+    given: the samples of those rows, as the whole ROI has them).
 
     Args:
         cx, cy, width, height, theta: (n,) float64, from :func:`rotated_level_boxes`.
@@ -108,9 +109,11 @@ def rotated_samples(
             docstring), those past an ROI's own grid get weight 0.
         size: (H, W) of the level. dtype: of the returned coordinates and weights.
     Returns:
-        (ys, xs): :class:`.geometry.AxisSamples`, each (n, Ph, Pw, G_h, G_w), ``G <= g``.
+        (ys, xs): :class:`.geometry.AxisSamples`, each (n, Ph, Pw, G_h, G_w), ``G <= g``
+        (``py1 - py0`` rows instead of Ph with ``rows``).
     """
     ph, pw = output_size
+    py0, py1 = rows if rows is not None else (0, ph)
     h, w = size
     f64 = dict(dtype=torch.float64, device=cx.device)
     yy_lo, yy_hi, xx_lo, xx_hi = _spans(cx, cy, theta, size, output_size)
@@ -120,14 +123,14 @@ def rotated_samples(
     i = torch.arange(win_h, **f64)[None, None, None, :, None]
     j = torch.arange(win_w, **f64)[None, None, None, None, :]
     if win_h < g_h:  # each bin's window starts at its first sample that can be on the map
-        i = i + first_i.to(torch.float64)[:, :, None, None, None]
+        i = i + first_i[:, py0:py1].to(torch.float64)[:, :, None, None, None]
     if win_w < g_w:
         j = j + first_j.to(torch.float64)[:, None, :, None, None]
     i, j = i + 0.5, j + 0.5
     gy, gx = gh.to(torch.float64)[:, None, None, None, None], gw.to(torch.float64)[:, None, None, None, None]
     bin_h = (height / ph)[:, None, None, None, None]
     bin_w = (width / pw)[:, None, None, None, None]
-    p_y = torch.arange(ph, **f64)[None, :, None, None, None]
+    p_y = torch.arange(py0, py1, **f64)[None, :, None, None, None]
     p_x = torch.arange(pw, **f64)[None, None, :, None, None]
     # The kernel's association: start + p*bin + (i+0.5)*bin/grid, then the rotation.
     yy = sample_coordinates(-(height / 2.0)[:, None, None, None, None], bin_h, p_y, i, gy)  # (n, ph, 1, Gh, 1)
@@ -171,6 +174,7 @@ def rotated_sample_groups(
     output_size: Tuple[int, int],
     sampling_ratio: int,
     dtype: torch.dtype,
+    rows: Optional[Tuple[int, int]] = None,
 ) -> List[LevelSamples]:
     """:func:`.geometry.sample_groups` for rotated boxes: dense samples, level by level.
 
@@ -179,6 +183,7 @@ def rotated_sample_groups(
             the geometry runs in float64). dtype: the compute dtype of the samplers.
         batch, level_of, sizes, scales, output_size, sampling_ratio: as in
             :func:`.geometry.sample_groups`.
+        rows: ``(py0, py1)``: the samples of these bin rows only (groups of ``py1 - py0`` rows).
     """
     ph, pw = output_size
     boxes = boxes.to(torch.float64)
@@ -195,7 +200,7 @@ def rotated_sample_groups(
                 groups.append(SampleGroup(rois[sel], batch[rois[sel]], None, None))
                 continue
             ys, xs = rotated_samples(cx[sel], cy[sel], width[sel], height[sel], theta[sel], output_size,
-                                     gh[sel], gw[sel], g_h, g_w, (h, w), dtype)
+                                     gh[sel], gw[sel], g_h, g_w, (h, w), dtype, rows)
             groups.append(SampleGroup(rois[sel], batch[rois[sel]], ys, xs))
         plans.append(LevelSamples(level, groups))
     return plans
