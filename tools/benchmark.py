@@ -77,7 +77,7 @@ def parse_args(argv=None):
     parser.add_argument("--cold-runs", type=int, default=-1,
                         help="runs of the first-call memory of a training step (train_r0 fwd+bwd, a fresh process "
                         "per run and implementation, the default allocator) in each condition; 0 for none "
-                        "(default 3, --quick 1, none with --no-memory)")
+                        "(default 3; --quick and --no-memory: none)")
     parser.add_argument("--bounded", nargs="+", choices=BOUNDED_NAMES + ("none",), metavar="CASE",
                         help=f"memory-bound cases, cold and warm, in the idle condition (or the first one): "
                         f"{', '.join(BOUNDED_NAMES)}, or none (default: all; --quick and --no-memory: none)")
@@ -121,7 +121,7 @@ def main(argv=None):
                 f.write(text + "\n")
         return
     reps = args.reps or default_reps(args.quick)
-    cold_runs = 0 if args.no_memory else (args.cold_runs if args.cold_runs >= 0 else (1 if args.quick else 3))
+    cold_runs = 0 if args.no_memory else (args.cold_runs if args.cold_runs >= 0 else (0 if args.quick else 3))
     if args.bounded:
         bounded = [] if "none" in args.bounded else args.bounded
     else:

@@ -164,8 +164,9 @@ def _forward(sampler: str, features: List[torch.Tensor], rois: torch.Tensor, out
         if sampler == "gather":
             plan = _gather_plan(r, sizes, scales, out_hw, sampling_ratio, pooler_type, backward=False)
             return gather_forward(plan, list(features), len(r.boxes), out_hw, r.compute_dtype)
-        levels = _levels(r, sizes, scales, out_hw, sampling_ratio, pooler_type)
-        return grid_sample_roi_align(list(features), levels, len(r.boxes), out_hw, r.compute_dtype)
+        # the sample groups passed on unnamed: the sampler drops them once laid out
+        return grid_sample_roi_align(list(features), _levels(r, sizes, scales, out_hw, sampling_ratio, pooler_type),
+                                     len(r.boxes), out_hw, r.compute_dtype)
 
 
 def _backward(sampler: str, grad: torch.Tensor, rois: torch.Tensor, sizes: List[int], dtype: torch.dtype,
@@ -181,8 +182,8 @@ def _backward(sampler: str, grad: torch.Tensor, rois: torch.Tensor, sizes: List[
         if sampler == "gather":
             plan = _gather_plan(r, shapes, scales, out_hw, sampling_ratio, pooler_type, backward=True)
             return gather_backward(plan, grad, shapes, dtype, r.compute_dtype)
-        levels = _levels(r, shapes, scales, out_hw, sampling_ratio, pooler_type)
-        return grid_sample_roi_align_backward(grad, levels, shapes, dtype, out_hw, r.compute_dtype)
+        return grid_sample_roi_align_backward(grad, _levels(r, shapes, scales, out_hw, sampling_ratio, pooler_type),
+                                              shapes, dtype, out_hw, r.compute_dtype)
 
 
 # ------------------------------------------------------------------ operators, fakes, autograd
