@@ -51,7 +51,7 @@ __all__ = ["GatherPlan", "GatherPlans", "TransposedPlan", "plan_budget", "rotate
 # may always hold _MIN_BLOCK_TAPS taps (1 MiB of int32 + float32): fewer blocks for small outputs
 # would not save memory worth their calls. The sampler's temporaries are a few times a block.
 _PLAN_SHARE = 0.25
-_MIN_BLOCK_TAPS = 2**16
+_MIN_BLOCK_TAPS = 2**15
 _SORT_FACTOR = 4  # the backward's transient per tap (rows, weights, bins, the sort's), in taps
 _BIN_TAPS = 4  # a bin's (or a segment's) own int32 temporaries, in taps
 _SAMPLE_TAPS = 16  # the temporaries of one sample of axis_taps, in taps
