@@ -47,9 +47,10 @@ from .geometry import LevelSamples, SampleGroup, level_boxes, samples_per_bin
 
 __all__ = ["GatherPlan", "GatherPlans", "TransposedPlan", "plan_budget", "rotated_gather_plan", "upright_gather_plan"]
 
-# A block's taps (index + weight) stay within _PLAN_SHARE of the output's bytes, and a block
-# may always hold _MIN_BLOCK_TAPS taps (1 MiB of int32 + float32): fewer blocks for small outputs
-# would not save memory worth their calls. The sampler's temporaries are a few times a block.
+# A block's taps (index + weight; four times that in the backward, which sorts them) stay within
+# _PLAN_SHARE of what the call returns, and a block may always hold _MIN_BLOCK_TAPS taps (256 KiB
+# of int32 + float32): smaller blocks for small outputs would save less memory than their calls
+# cost in time (the memory-bound cases of tools/bench/bounded.py: within 2x ROIPooler's peak).
 _PLAN_SHARE = 0.25
 _MIN_BLOCK_TAPS = 2**15
 _SORT_FACTOR = 4  # the backward's transient per tap (rows, weights, bins, the sort's), in taps
