@@ -15,7 +15,8 @@ sys.path.insert(0, os.path.join(REPO, "tools"))
 from bench.cases import find_case  # noqa: E402
 from bench.conditions import CONDITIONS, busy_core  # noqa: E402
 from bench.models import MODEL_KEYS  # noqa: E402
-from bench.report import ModelRecord, PoolerRecord, render  # noqa: E402
+from bench.bounded import find_bounded  # noqa: E402
+from bench.report import BoundedRecord, ColdRecord, ModelRecord, PoolerRecord, render  # noqa: E402
 
 
 def cpu_seconds(pid: int) -> float:
@@ -78,6 +79,40 @@ def test_report_from_fixed_measurements():
                          "2300 (2200-2400) | 1.15x |"]
     assert len(model) == 4
     assert "profiler" not in text and "notebook design keeps" not in text  # generated text only
+
+
+def test_memory_targets_from_fixed_measurements():
+    """First-call memory: each run's ratio to ROIPooler's, the verdict on the worst run; the
+    memory-bound cases: cold and warm ratios of each sampler, the verdict on the worse."""
+    train = find_case("train_r0", False)
+    records = [
+        ColdRecord("idle", train, "fwd+bwd", {"detectron2": [300.0, 320.0, 310.0], "gather": [303.0, 320.0, 330.0]}),
+        BoundedRecord("idle", find_bounded("big20"), {"detectron2": (10.0, 8.0), "gather": (19.0, 8.0),
+                                                      "grid_sample": (25.0, 12.0)}),
+    ]
+    text = render("python tools/benchmark.py", False, "cpu", 7, [CONDITIONS["1thread"], CONDITIONS["idle"]], records)
+    lines = text.splitlines()
+
+    def target(prefix):
+        row = next(line for line in lines if line.startswith(prefix))
+        return [c.strip() for c in row.strip("|").split("|")][1:]
+
+    assert target("| peak memory of a first training step") == ["1.05x", "-", "1.00x-1.06x **no**"]
+    assert target("| memory-bound case big20, `gather`") == ["2.0x", "-", "1.00x-1.90x yes"]
+    assert target("| memory-bound case big20, `grid_sample`") == ["2.0x", "-", "1.50x-2.50x **no**"]
+    assert "| plugin, `gather` sampler (default) | 303, 320, 330 | 1.010x, 1.000x, 1.065x |" in lines
+    bounded = [line for line in lines if line.startswith("| big20: ")]
+    assert len(bounded) == 3 and bounded[1].endswith("| 19.0 | 1.90x | 8.0 | 1.00x |")
+
+
+@pytest.mark.slow
+def test_cold_memory_of_a_memory_bound_case():
+    """The child process of the memory measurements, cold (first call, default allocator):
+    a positive figure of a few MB for the 20 large boxes."""
+    from bench.memory import measure_memory
+
+    mb = measure_memory("gather", "big20", "fwd+bwd", False, "cpu", 1, cold=True)
+    assert mb is not None and 4.0 < mb < 200.0
 
 
 @pytest.fixture(scope="module")

@@ -1,12 +1,13 @@
-"""The gather sampler's plan and execution: flat tap lists against the padded geometry, exact
-chunking, the single-thread scope, and ROIs that must not disturb each other."""
+"""The gather sampler's plan and execution: flat tap lists against the padded geometry, taps
+merged to distinct pixels, exact chunking and blocks, the single-thread scope, and ROIs that
+must not disturb each other."""
 import pytest
 import torch
 from torchvision.ops import roi_align
 
 from roi_plugin import SAMPLERS, ROIAlignPooler
 from roi_plugin.layers import gather
-from roi_plugin.layers.axis_taps import axis_taps
+from roi_plugin.layers.axis_taps import axis_taps, distinct_axis_taps, distinct_pixels
 from roi_plugin.layers.geometry import axis_samples, level_boxes
 
 from helpers import SCALES, box_zoo, padded_pyramid, tiny_cfg, torchvision_reference
@@ -86,7 +87,8 @@ def test_chunking_is_exact(monkeypatch):
 
     default = run()
     monkeypatch.setattr(gather, "_CHUNKS", (8,))  # 3 chunks of 8 channels
-    monkeypatch.setattr(gather, "_roi_blocks", lambda plan, n, bins: [(r, min(r + 5, n)) for r in range(0, n, 5)])
+    monkeypatch.setattr(gather, "_bin_calls", lambda plan, roi_bins: [
+        (b, min(b + 5 * roi_bins - 3, plan.bins[1])) for b in range(plan.bins[0], plan.bins[1], 5 * roi_bins - 3)])
     chunked = run()
     for a, b in zip(default, chunked):
         assert torch.equal(a, b)
@@ -174,3 +176,66 @@ def test_single_thread_off_keeps_the_callers_threads(monkeypatch):
         torch.set_num_threads(before)
     for a, b in zip(*results):
         assert torch.equal(a, b)
+
+
+def test_distinct_pixels_sum_each_pixels_taps():
+    """Merged taps: one per pixel a bin reads, in increasing pixel order, weighing the float32 sum
+    of that pixel's taps in tap order (ratio 32 on small boxes: up to 64 taps a pixel)."""
+    h, w = 200, 240
+    boxes = torch.cat([box_zoo(h, w, n_random=20, seed=6), torch.tensor([[-3e6, -2e6, 4e6, 5e6]])])
+    start_x, _, width, _ = level_boxes(boxes, 1 / 4, True)
+    for ratio in (0, 2, 32):
+        grid = (torch.full_like(width, ratio, dtype=torch.int64) if ratio
+                else torch.ceil(width / 7).to(torch.int64).clamp(min=0))
+        taps = axis_taps(start_x, width, 7, grid, torch.full_like(grid, 60))
+        merged = distinct_pixels(taps)
+        runs = distinct_axis_taps(start_x, width, 7, grid, torch.full_like(grid, 60), 50)  # a few ROIs at a time
+        assert all(torch.equal(a, b) for a, b in zip(merged, runs))
+        for b in range(taps.count.numel()):
+            f, c = int(taps.first[b]), int(taps.count[b])
+            sums = {}
+            for pixel, weight in zip(taps.pixel[f:f + c].tolist(), taps.weight[f:f + c]):
+                sums[pixel] = sums.get(pixel, torch.zeros((), dtype=weight.dtype)) + weight
+            f, c = int(merged.first[b]), int(merged.count[b])
+            assert merged.pixel[f:f + c].tolist() == sorted(sums)
+            assert torch.equal(merged.weight[f:f + c], torch.stack([sums[p] for p in sorted(sums)]) if sums
+                               else merged.weight[f:f])
+
+
+@pytest.mark.parametrize("rotated", [False, True], ids=["upright", "rotated"])
+def test_plan_blocks_change_memory_not_results(monkeypatch, rotated):
+    """A plan in many blocks (a budget of a few hundred taps; axis taps a few ROIs at a time)
+    gives the one-block outputs bit for bit, and the gradients too for upright boxes (the
+    backward's stripes keep each pixel's sum in one piece, in bag order); rotated boxes add
+    their blocks' partial gradients (rounding only)."""
+    from roi_plugin.layers import gather_plan
+
+    sizes = [(256, 320), (200, 288)]
+    feats = padded_pyramid(sizes, channels=16, seed=4)
+    boxes = [box_zoo(h, w, seed=i) for i, (h, w) in enumerate(sizes)]
+    ptype = "ROIAlignRotated" if rotated else "ROIAlignV2"
+    if rotated:
+        boxes = [torch.stack([(b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2, b[:, 2] - b[:, 0], b[:, 3] - b[:, 1],
+                              torch.linspace(-180, 180, len(b))], 1) for b in boxes]
+    grad = torch.randn(sum(len(b) for b in boxes), 16, 7, 7, generator=torch.Generator().manual_seed(1))
+
+    def run():
+        x = [f.clone().requires_grad_() for f in feats]
+        out = ROIAlignPooler(7, SCALES, 0, ptype)(x, boxes)
+        out.backward(grad)
+        return [out] + [f.grad for f in x]
+
+    whole = run()
+    monkeypatch.setattr(gather_plan, "_MIN_BLOCK_TAPS", 300)
+    monkeypatch.setattr(gather_plan, "_PLAN_SHARE", 0.0)
+    blocks = []
+    plans = gather_plan.GatherPlans.__iter__
+    monkeypatch.setattr(gather_plan.GatherPlans, "__iter__", lambda self: (blocks.append(len(self)), plans(self))[1])
+    blocked = run()
+    assert min(blocks) > 10
+    assert torch.equal(whole[0], blocked[0])
+    for a, b in zip(whole[1:], blocked[1:]):
+        if rotated:
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+        else:
+            assert torch.equal(a, b)

@@ -89,14 +89,20 @@ def test_gather_table_of_touched_rows(monkeypatch, touched):
     from roi_plugin.layers import gather_plan as pooler_module
 
     compacted = []
-    table_blocks = pooler_module._table_blocks
+    table_blocks, compact_parts = pooler_module._table_blocks, pooler_module._compact_parts
 
-    def spy(levels, index, num_rows):
+    def spy(levels, index, num_rows):  # the forward's table
         out = table_blocks(levels, index, num_rows)
         compacted.append(out[2] < num_rows)
         return out
 
+    def spy_backward(parts, rows, start, num_rows):  # the backward's gradient rows
+        out = compact_parts(parts, rows, start, num_rows)
+        compacted.append(out[1].numel() - 1 < num_rows)
+        return out
+
     monkeypatch.setattr(pooler_module, "_table_blocks", spy)
+    monkeypatch.setattr(pooler_module, "_compact_parts", spy_backward)
     sizes = [(256, 320), (224, 288)]
     feats = padded_pyramid(sizes, seed=5)
     if touched == "few rows":  # two P2 boxes in image 0, none in image 1
@@ -111,7 +117,7 @@ def test_gather_table_of_touched_rows(monkeypatch, touched):
         out.backward(grad)
         results.append((out, [f.grad for f in x]))
     (ref, ref_grads), (out, grads) = results
-    assert compacted == [touched == "few rows"] * 2  # the forward's plan and the backward's rebuild
+    assert compacted == [touched == "few rows"] * 2  # the forward's table and the backward's rows
     torch.testing.assert_close(out, ref, rtol=0, atol=TOL)
     for ours, theirs in zip(grads, ref_grads):
         # Levels without ROIs are not in the graph (gradient None, i.e. 0); ROIPooler gives zeros.

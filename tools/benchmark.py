@@ -17,7 +17,10 @@ benchmark spins on one core):
 * one training iteration and one inference pass of the shapes demo's Mask R-CNN R18-FPN with
   roi_plugin's heads against the built-in heads, same weights and input, also with
   ``torch.compile(model.roi_heads)``, in every condition, and of R50-FPN at 800x1216 in the
-  idle one.
+  idle one;
+* memory as a new user meets it: the first training step's peak memory (a fresh process, the
+  default allocator) against ``ROIPooler``'s, and the memory-bound cases (many samples per bin
+  for a small output, ``tools/bench/bounded.py``), cold and warm.
 
 Repetitions of the implementations compared are interleaved (A B C, B C A, ...) so that load
 from other processes hits all of them alike; ratios are the median of per-repetition ratios.
@@ -31,12 +34,15 @@ Usage::
     python tools/benchmark.py              # full run (about 25 min on 2 CPU cores), writes BENCHMARKS.md
     python tools/benchmark.py --quick      # smaller sizes, a few minutes (one condition ~1.5 min), prints only
     python tools/benchmark.py --profile gather:train_r2:fwd+bwd --conditions busy   # a profile
+    python tools/benchmark.py --conditions idle --cases none --no-model --cold-runs 5 \
+        --out results/memory.md     # memory only: first calls and the memory-bound cases
 """
 import argparse
 import os
 import shlex
 import sys
 
+from bench.bounded import BOUNDED_NAMES
 from bench.cases import CASE_NAMES, IMPL_NAMES, MODES, image_size
 from bench.conditions import CONDITIONS
 from bench.measure import MEMORY_IN_QUICK, default_reps, run_conditions
@@ -68,6 +74,13 @@ def parse_args(argv=None):
     parser.add_argument("--cases", nargs="+", choices=CASE_NAMES + ("none",), metavar="CASE",
                         help=f"only these pooler cases: {', '.join(CASE_NAMES)}, or none (default: all)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements (a process each)")
+    parser.add_argument("--cold-runs", type=int, default=-1,
+                        help="runs of the first-call memory of a training step (train_r0 fwd+bwd, a fresh process "
+                        "per run and implementation, the default allocator) in each condition; 0 for none "
+                        "(default 3; --quick and --no-memory: none)")
+    parser.add_argument("--bounded", nargs="+", choices=BOUNDED_NAMES + ("none",), metavar="CASE",
+                        help=f"memory-bound cases, cold and warm, in the idle condition (or the first one): "
+                        f"{', '.join(BOUNDED_NAMES)}, or none (default: all; --quick and --no-memory: none)")
     parser.add_argument("--no-model", action="store_true", help="skip the whole-model benchmark")
     parser.add_argument("--models", nargs="+", choices=[m.key for m in MODEL_CASES], metavar="MODEL",
                         help="only these whole models (default: all): "
@@ -108,9 +121,14 @@ def main(argv=None):
                 f.write(text + "\n")
         return
     reps = args.reps or default_reps(args.quick)
+    cold_runs = 0 if args.no_memory else (args.cold_runs if args.cold_runs >= 0 else (0 if args.quick else 3))
+    if args.bounded:
+        bounded = [] if "none" in args.bounded else args.bounded
+    else:
+        bounded = [] if args.quick or args.no_memory else None
     records = run_conditions(conditions, quick=args.quick, device=args.device, reps=reps, cases=args.cases,
                              memory=not args.no_memory, model=not args.no_model, model_reps=args.model_reps,
-                             models=args.models)
+                             models=args.models, cold_runs=cold_runs, bounded=bounded)
     text = render(command(argv), args.quick, args.device, reps, conditions, records)
     print(text)
     out = args.out if args.out is not None else (None if args.quick else DEFAULT_OUT)

@@ -19,8 +19,16 @@ a fixed number of tensor ops, whatever the ROIs' sizes and levels:
 * of a sample's two taps, those of weight 0 (``frac = 0``, the last pixel) are dropped.
 
 Taps stay in ``(i, low/high)`` order within a bin, the order in which the padded layout
-lists them, so bins summed from these lists are bit-identical to the padded ones. The rules
-(coordinates, validity, taps, the float64 rule) are :mod:`.geometry`'s functions.
+lists them. The rules (coordinates, validity, taps, the float64 rule) are :mod:`.geometry`'s
+functions.
+
+:func:`distinct_pixels` then merges the taps of a bin that read the same pixel (consecutive
+samples share one, ``high`` of one being ``low`` of the next; with many samples per pixel,
+``sampling_ratio`` 32 on a small box, most of them do): one tap per distinct pixel, weight the
+sum of its taps' weights in sample order. A bin's 2-D bag (:mod:`.gather_plan`) is the product
+of its row's and its column's lists, so this halves the bags at ``sampling_ratio`` 0 and bounds
+them by the pixels a bin covers, not by its samples. (The sum is the same; its rounding is not
+bit for bit that of the sample-by-sample sum.)
 """
 from typing import NamedTuple
 
@@ -28,7 +36,7 @@ import torch
 
 from .geometry import bilinear_taps, first_sample_on_map, needs_float64, on_map, sample_coordinates
 
-__all__ = ["AxisTaps", "axis_taps"]
+__all__ = ["AxisTaps", "axis_taps", "distinct_pixels", "distinct_axis_taps"]
 
 
 class AxisTaps(NamedTuple):
@@ -88,3 +96,46 @@ def axis_taps(
     tap_bin = bin_of.repeat_interleave(2)[keep]
     count = torch.bincount(tap_bin, minlength=n * pooled)
     return AxisTaps(pixel[keep], weight[keep], torch.cumsum(count, 0) - count, count)
+
+
+def distinct_pixels(taps: AxisTaps) -> AxisTaps:
+    """``taps`` with the taps of each bin that read the same pixel merged into one, in increasing
+    pixel order within the bin; the merged weight is the sum of theirs in tap order (``index_add_``
+    over taps sorted stably by (bin, pixel): deterministic). A bin whose taps all cancel keeps its
+    pixels (weights are non-zero and of one sign, so they cannot)."""
+    n = taps.count.numel()
+    if taps.pixel.numel() == 0:
+        return taps
+    bin_of = torch.repeat_interleave(torch.arange(n, device=taps.pixel.device), taps.count)
+    span = int(taps.pixel.max()) + 1
+    key, order = torch.sort(bin_of * span + taps.pixel, stable=True)
+    new = torch.ones_like(key, dtype=torch.bool)
+    new[1:] = key[1:] != key[:-1]
+    group = torch.cumsum(new, 0) - 1
+    weight = torch.zeros(int(group[-1]) + 1, dtype=taps.weight.dtype, device=taps.weight.device)
+    weight.index_add_(0, group, taps.weight.index_select(0, order))
+    key = key[new]
+    bins = torch.div(key, span, rounding_mode="floor")
+    count = torch.bincount(bins, minlength=n)
+    return AxisTaps(key - bins * span, weight, torch.cumsum(count, 0) - count, count)
+
+
+def distinct_axis_taps(
+    start: torch.Tensor, length: torch.Tensor, pooled: int, grid: torch.Tensor, size: torch.Tensor, max_samples: int
+) -> AxisTaps:
+    """:func:`distinct_pixels` of :func:`axis_taps`, computed for a run of ROIs at a time so that
+    the samples listed at once (``pooled * grid`` per ROI, ``sampling_ratio`` 32 gives 32 per
+    bin) stay near ``max_samples``; only the merged taps, bounded by the pixels the bins
+    cover, are kept for all ROIs. Each ROI's taps are computed alone, so the runs change nothing."""
+    per_roi = (grid.clamp(min=0, max=max_samples) * pooled).cumsum(0)
+    total = int(per_roi[-1]) if per_roi.numel() else 0
+    if total <= max_samples:
+        return distinct_pixels(axis_taps(start, length, pooled, grid, size))
+    marks = torch.arange(max_samples, total, max_samples, device=per_roi.device, dtype=per_roi.dtype)
+    inner = torch.unique(torch.searchsorted(per_roi, marks, right=True)).tolist()
+    cuts = [0] + [k for k in inner if 0 < k < start.numel()] + [start.numel()]
+    runs = [distinct_pixels(axis_taps(start[a:b], length[a:b], pooled, grid[a:b], size[a:b]))
+            for a, b in zip(cuts[:-1], cuts[1:])]
+    count = torch.cat([t.count for t in runs])
+    return AxisTaps(torch.cat([t.pixel for t in runs]), torch.cat([t.weight for t in runs]),
+                    torch.cumsum(count, 0) - count, count)

@@ -38,11 +38,11 @@ import torch
 
 from . import device_path
 from .gather import gather_backward, gather_forward
-from .gather_plan import gather_plan, upright_gather_plan
+from .gather_plan import plan_budget, rotated_gather_plan, upright_gather_plan
 from .geometry import compute_dtype, sample_groups
 from .grid_sample import grid_sample_roi_align, grid_sample_roi_align_backward
 from .levels import route_boxes
-from .rotated_geometry import rotated_sample_groups
+from .rotated_geometry import rotated_sample_groups, rotated_samples_per_roi
 from .threads import single_threaded
 
 __all__ = ["POOLER_TYPES", "SAMPLERS"]
@@ -129,14 +129,26 @@ def _levels(r: _Rois, sizes, scales, output_size, sampling_ratio: int, pooler_ty
                          POOLER_TYPES[pooler_type])
 
 
-def _gather_plan(r: _Rois, sizes, scales, output_size, sampling_ratio: int, pooler_type: str):
+def _gather_plan(r: _Rois, sizes, scales, output_size, sampling_ratio: int, pooler_type: str, backward: bool):
+    """The gather sampler's plan, in blocks of at most :func:`.gather_plan.plan_budget` taps: a
+    share of the output (forward), of the output and the feature gradients (backward)."""
     bhw = [(s[0], s[2], s[3]) for s in sizes]
+    returned = len(r.boxes) * output_size[0] * output_size[1] * sizes[0][1]
+    if backward:
+        returned += sum(s[0] * s[1] * s[2] * s[3] for s in sizes)
+    max_taps = plan_budget(returned * r.compute_dtype.itemsize, r.compute_dtype.itemsize, backward)
     if pooler_type == "ROIAlignRotated":
-        levels = _levels(r, sizes, scales, output_size, sampling_ratio, pooler_type)
-        return gather_plan(bhw, levels, output_size, r.compute_dtype, r.boxes.device)
+        return rotated_gather_plan(
+            bhw, r.level_of,
+            rotated_samples_per_roi(r.boxes, r.level_of, [(s[2], s[3]) for s in sizes], scales, output_size,
+                                    sampling_ratio),
+            lambda r0, r1, rows: rotated_sample_groups(r.boxes[r0:r1], r.batch[r0:r1], r.level_of[r0:r1],
+                                                       [(s[2], s[3]) for s in sizes], scales, output_size,
+                                                       sampling_ratio, r.compute_dtype, rows),
+            output_size, r.compute_dtype, max_taps)
     # upright boxes: all ROIs in one plan, no sample groups
     return upright_gather_plan(bhw, r.boxes, r.batch, r.level_of, scales, output_size, sampling_ratio,
-                               POOLER_TYPES[pooler_type])
+                               POOLER_TYPES[pooler_type], max_taps)
 
 
 # ------------------------------------------------------------------ implementations
@@ -155,10 +167,11 @@ def _forward(sampler: str, features: List[torch.Tensor], rois: torch.Tensor, out
         if device_path.enabled(sampler, pooler_type, features):
             return device_path.forward(list(features), rois, r.level_of, out_hw, scales, sampling_ratio, pooler_type)
         if sampler == "gather":
-            plan = _gather_plan(r, sizes, scales, out_hw, sampling_ratio, pooler_type)
+            plan = _gather_plan(r, sizes, scales, out_hw, sampling_ratio, pooler_type, backward=False)
             return gather_forward(plan, list(features), len(r.boxes), out_hw, r.compute_dtype)
-        levels = _levels(r, sizes, scales, out_hw, sampling_ratio, pooler_type)
-        return grid_sample_roi_align(list(features), levels, len(r.boxes), out_hw, r.compute_dtype)
+        # the sample groups passed on unnamed: the sampler drops them once laid out
+        return grid_sample_roi_align(list(features), _levels(r, sizes, scales, out_hw, sampling_ratio, pooler_type),
+                                     len(r.boxes), out_hw, r.compute_dtype)
 
 
 def _backward(sampler: str, grad: torch.Tensor, rois: torch.Tensor, sizes: List[int], dtype: torch.dtype,
@@ -175,10 +188,10 @@ def _backward(sampler: str, grad: torch.Tensor, rois: torch.Tensor, sizes: List[
             return device_path.backward(grad, rois, r.level_of, shapes, dtype, out_hw, scales, sampling_ratio,
                                         pooler_type)
         if sampler == "gather":
-            plan = _gather_plan(r, shapes, scales, out_hw, sampling_ratio, pooler_type)
+            plan = _gather_plan(r, shapes, scales, out_hw, sampling_ratio, pooler_type, backward=True)
             return gather_backward(plan, grad, shapes, dtype, r.compute_dtype)
-        levels = _levels(r, shapes, scales, out_hw, sampling_ratio, pooler_type)
-        return grid_sample_roi_align_backward(grad, levels, shapes, dtype, out_hw, r.compute_dtype)
+        return grid_sample_roi_align_backward(grad, _levels(r, shapes, scales, out_hw, sampling_ratio, pooler_type),
+                                              shapes, dtype, out_hw, r.compute_dtype)
 
 
 # ------------------------------------------------------------------ operators, fakes, autograd

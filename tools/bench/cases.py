@@ -125,7 +125,9 @@ def make_step(impl: str, case: Case, mode: str, quick: bool, device: str) -> Cal
         def plan_step():
             with single_threaded(rois.device):
                 r = ops._prepare(rois, 2, feats[0].dtype, SCALES, "ROIAlignV2", 224.0, 4, check=False)
-                ops._gather_plan(r, sizes, SCALES, out_hw, case.ratio, "ROIAlignV2")
+                plans = ops._gather_plan(r, sizes, SCALES, out_hw, case.ratio, "ROIAlignV2", backward=True)
+                for _ in plans.transposed():  # built block by block: what the backward operator rebuilds
+                    pass
 
         plan_step.feats = feats
         return plan_step

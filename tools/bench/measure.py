@@ -8,13 +8,16 @@ from typing import List, Optional, Sequence
 
 from timing import interleaved
 
-from .cases import IDLE_ONLY, make_step, pooler_cases
+from .bounded import BOUNDED_CASES, BOUNDED_IMPLS
+from .cases import IDLE_ONLY, find_case, make_step, pooler_cases
 from .conditions import Condition, in_condition
 from .memory import measure_memory
 from .models import MODEL_CASES, model_bench
-from .report import ModelRecord, PoolerRecord
+from .report import BoundedRecord, ColdRecord, ModelRecord, PoolerRecord
 
 MEMORY_IN_QUICK = ("train_r0", "fwd+bwd")  # --quick measures the memory of this step only (a process each)
+COLD_STEP = ("train_r0", "fwd+bwd")  # the first training step, as a new user meets it
+COLD_IMPLS = ("detectron2", "gather")
 
 
 def default_reps(quick: bool) -> int:
@@ -47,6 +50,33 @@ def pooler_records(cond: Condition, *, quick: bool, device: str, reps: int, case
     return out
 
 
+def cold_records(cond: Condition, *, quick: bool, device: str, runs: int) -> List[ColdRecord]:
+    """The first training step's peak memory (``COLD_STEP``, a fresh process per run and
+    implementation, the default allocator), ``runs`` times, the implementations alternating."""
+    case_name, mode = COLD_STEP
+    case = find_case(case_name, quick)
+    print(f"[{cond.name}] first-call memory {case_name} {mode} x{runs}", file=sys.stderr, flush=True)
+    mem = {impl: [] for impl in COLD_IMPLS}
+    for _ in range(runs):
+        for impl in COLD_IMPLS:
+            mem[impl].append(measure_memory(impl, case, mode, quick, device, cond.threads, cold=True))
+    return [ColdRecord(cond.name, case, mode, mem)]
+
+
+def bounded_records(cond: Condition, *, device: str, cases: Optional[Sequence[str]] = None) -> List[BoundedRecord]:
+    """The memory-bound cases (all, or those named), forward+backward, each implementation cold
+    (first call, default allocator) and warm (fixed mmap threshold), a process each."""
+    out = []
+    for case in BOUNDED_CASES:
+        if cases and case.name not in cases:
+            continue
+        print(f"[{cond.name}] memory-bound case {case.name}", file=sys.stderr, flush=True)
+        mem = {impl: tuple(measure_memory(impl, case, "fwd+bwd", False, device, cond.threads, cold=cold)
+                           for cold in (True, False)) for impl in BOUNDED_IMPLS}
+        out.append(BoundedRecord(cond.name, case, mem))
+    return out
+
+
 def model_records(cond: Condition, *, quick: bool, device: str, model_reps: int = 0,
                   models: Optional[Sequence[str]] = None) -> List[ModelRecord]:
     """The whole models (all, or those whose key is in ``models``) in ``cond``; ``model_reps``
@@ -66,13 +96,21 @@ def model_records(cond: Condition, *, quick: bool, device: str, model_reps: int 
 
 def run_conditions(conditions: Sequence[Condition], *, quick: bool, device: str, reps: int,
                    cases: Optional[Sequence[str]] = None, memory: bool = True, model: bool = True,
-                   model_reps: int = 0, models: Optional[Sequence[str]] = None) -> list:
-    """Every condition in turn: its thread count and busy core set up for the pooler cases and
-    the whole models measured in it."""
+                   model_reps: int = 0, models: Optional[Sequence[str]] = None, cold_runs: int = 0,
+                   bounded: Optional[Sequence[str]] = None) -> list:
+    """Every condition in turn: its thread count and busy core set up for the pooler cases, the
+    first-call memory (``cold_runs`` runs) and the whole models measured in it; the memory-bound
+    cases (``bounded``: names, empty for none, None for all) in the idle condition (or the first
+    one measured)."""
     records: list = []
+    bounded_in = next((c.name for c in conditions if c.name == "idle"), conditions[0].name if conditions else None)
     for cond in conditions:
         with in_condition(cond):
             records += pooler_records(cond, quick=quick, device=device, reps=reps, cases=cases, memory=memory)
+            if cold_runs and not device.startswith("cuda"):
+                records += cold_records(cond, quick=quick, device=device, runs=cold_runs)
+            if cond.name == bounded_in and (bounded is None or bounded) and not device.startswith("cuda"):
+                records += bounded_records(cond, device=device, cases=bounded)
             if model:
                 records += model_records(cond, quick=quick, device=device, model_reps=model_reps, models=models)
     return records

@@ -15,6 +15,7 @@ import torch
 
 from timing import fmt_t, ratio
 
+from .bounded import BOUNDED_IMPLS, BOUNDED_LIMIT, BoundedCase
 from .cases import IMPL_NAMES, Case, image_size
 from .conditions import Condition
 from .models import ModelCase
@@ -29,6 +30,7 @@ TARGETS = [
 MEMORY_TARGET = 1.1  # peak extra memory / ROIPooler's, forward-only and forward+backward
 MEMORY_TARGET_STEPS = (("train_r0", "fwd"), ("train_r0", "fwd+bwd"), ("train_r2", "fwd"), ("train_r2", "fwd+bwd"),
                        ("infer_r0", "infer"), ("mask_r0", "fwd"), ("mask_r0", "fwd+bwd"))
+COLD_TARGET = 1.05  # first training step's peak memory (a fresh process) / ROIPooler's, every run
 MODEL_TARGET = ("shapes", 0.95)  # shapes R18-FPN training iteration, plugin / built-in heads, busy core
 NO_GPU = ("No GPU was available to this run, so there is no GPU section; "
           "rerun with `--device cuda` on a machine with one.")
@@ -44,6 +46,21 @@ class PoolerRecord(NamedTuple):
     memory: Dict[str, Optional[float]]  # implementation -> peak extra MB (None: failed); empty: not measured
 
 
+class ColdRecord(NamedTuple):
+    """The first call's peak memory of one step, a fresh process per run and implementation."""
+    condition: str
+    case: Case
+    mode: str
+    memory: Dict[str, List[Optional[float]]]  # implementation -> MB of each run ("detectron2": the reference)
+
+
+class BoundedRecord(NamedTuple):
+    """A memory-bound case: each implementation's peak memory of one forward+backward."""
+    condition: str
+    case: BoundedCase
+    memory: Dict[str, Tuple[Optional[float], Optional[float]]]  # implementation -> (cold MB, warm MB)
+
+
 class ModelRecord(NamedTuple):
     """One (condition, whole model): each pass's variants timed together."""
     condition: str
@@ -57,6 +74,18 @@ def pooler_ratios(rec: PoolerRecord, impl: str) -> Tuple[float, Optional[float]]
     """(time ratio, memory ratio or None) of ``impl`` to ``ROIPooler`` in ``rec``."""
     m, m_ref = rec.memory.get(impl), rec.memory.get("detectron2")
     return ratio(rec.times[impl], rec.times["detectron2"]), (m / m_ref if m is not None and m_ref else None)
+
+
+def cold_ratios(rec: ColdRecord, impl: str) -> List[float]:
+    """Run-by-run ratios of ``impl``'s first-call memory to ``ROIPooler``'s (runs that failed
+    left out)."""
+    return [m / r for m, r in zip(rec.memory[impl], rec.memory["detectron2"]) if m is not None and r]
+
+
+def bounded_ratio(rec: BoundedRecord, impl: str, index: int) -> Optional[float]:
+    """``impl``'s memory over ``ROIPooler``'s on a memory-bound case, cold (0) or warm (1)."""
+    m, ref = rec.memory[impl][index], rec.memory["detectron2"][index]
+    return m / ref if m is not None and ref else None
 
 
 def model_train_ratio(rec: ModelRecord) -> float:
@@ -108,7 +137,12 @@ def header(command: str, quick: bool, device: str, reps: int, conditions: Sequen
         "ROIAlignV2, boxes with side lengths log-uniform in 16..800 px, uniform centres, clipped to the image",
         f"- timing: {reps} repetitions after warm-up, implementations interleaved; time = median (min-max) "
         "in ms; ratio = median over repetitions of (this / Detectron2 `ROIPooler`) of the same repetition",
-        f"- memory: peak extra memory of one step after warm-up, each case in a process of its own ({method})",
+        f"- memory: peak extra memory of one step after warm-up, each case in a process of its own ({method}); "
+        "first call (cold): a fresh process builds the inputs and the pooler and measures its first "
+        "forward+backward with the default allocator (code pages, lazily made state and what the allocator "
+        "keeps included), one process per run and implementation",
+        "- memory-bound cases: one level (or P2..P5), many samples per bin for a small output (tools/bench/bounded.py); "
+        "cold and warm as above, forward+backward; the rotated case's `ROIPooler` pools the same box upright",
         "- the `grid_sample` sampler and the notebook design are measured in the idle condition only",
         "- `torch.compile` rows: default settings (inductor), compiled during the warm-up calls; the "
         "pooler compiled alone, the whole model with `model.roi_heads` compiled",
@@ -157,9 +191,17 @@ def targets_table(conditions: Sequence[Condition], records: Sequence) -> List[st
     ("-" where the run did not measure it)."""
     pooler = {(r.condition, r.case.name, r.mode): r for r in records if isinstance(r, PoolerRecord)}
     models = {(r.condition, r.case.key): r for r in records if isinstance(r, ModelRecord)}
+    cold = {r.condition: r for r in records if isinstance(r, ColdRecord)}
+    bounded = {(r.condition, r.case.name): r for r in records if isinstance(r, BoundedRecord)}
 
     def cell(value: Optional[float], limit: float) -> str:
         return "-" if value is None else f"{value:.2f}x {'yes' if value <= limit else '**no**'}"
+
+    def span_cell(values: List[float], limit: float) -> str:  # verdict on the worst
+        if not values:
+            return "-"
+        lo, hi = min(values), max(values)
+        return f"{lo:.2f}x-{hi:.2f}x {'yes' if hi <= limit else '**no**'}"
 
     def pooler_cell(cond, case, mode, index, limit):
         rec = pooler.get((cond.name, case, mode))
@@ -176,10 +218,45 @@ def targets_table(conditions: Sequence[Condition], records: Sequence) -> List[st
     for case, mode in MEMORY_TARGET_STEPS:
         md.append(f"| peak extra memory, {case} {mode} | {MEMORY_TARGET}x | "
                   + " | ".join(pooler_cell(c, case, mode, 1, MEMORY_TARGET) for c in conditions) + " |")
+    if cold:
+        rec = next(iter(cold.values()))
+        md.append(f"| peak memory of a first training step (cold, every run), {rec.case.name} {rec.mode} | "
+                  f"{COLD_TARGET}x | " + " | ".join(span_cell(cold_ratios(cold[c.name], "gather"), COLD_TARGET)
+                                                     if c.name in cold else "-" for c in conditions) + " |")
+    for (cond_name, name), rec in bounded.items():
+        for impl in BOUNDED_IMPLS[1:]:
+            values = [v for v in (bounded_ratio(rec, impl, 0), bounded_ratio(rec, impl, 1)) if v is not None]
+            md.append(f"| memory-bound case {name}, `{impl}` (cold and warm) | {BOUNDED_LIMIT}x | "
+                      + " | ".join(span_cell(values, BOUNDED_LIMIT) if c.name == cond_name else "-"
+                                   for c in conditions) + " |")
     key, limit = MODEL_TARGET
     md.append(f"| shapes R18-FPN training iteration, plugin / built-in heads | {limit}x (busy core) | "
               + " | ".join(cell(model_train_ratio(models[(c.name, key)]) if (c.name, key) in models else None, limit)
                            for c in conditions) + " |")
+    return md
+
+
+def cold_table(rec: ColdRecord) -> List[str]:
+    runs = len(rec.memory["detectron2"])
+    md = [f"Peak memory of the first call, {rec.case.description}, {rec.case.rois} ROIs/image, {rec.mode}, "
+          f"a fresh process per run and implementation ({runs} runs):", "",
+          "| implementation | peak MB, each run | ratio to `ROIPooler`, each run |", "| --- | --- | --- |"]
+    for impl, mb in rec.memory.items():
+        md.append(f"| {IMPL_NAMES[impl]} | {', '.join('-' if m is None else f'{m:.0f}' for m in mb)} | "
+                  f"{', '.join(f'{r:.3f}x' for r in cold_ratios(rec, impl))} |")
+    return md
+
+
+def bounded_table(records: Sequence[BoundedRecord]) -> List[str]:
+    md = ["| case | implementation | cold MB | cold ratio | warm MB | warm ratio |",
+          "| --- | --- | --- | --- | --- | --- |"]
+    for rec in records:
+        for impl in BOUNDED_IMPLS:
+            cold, warm = rec.memory[impl]
+            ratios = [bounded_ratio(rec, impl, i) for i in (0, 1)]
+            md.append(f"| {rec.case.name}: {rec.case.description} | {IMPL_NAMES[impl]} | "
+                      + " | ".join(f"{'-' if m is None else f'{m:.1f}'} | {'-' if r is None else f'{r:.2f}x'}"
+                                   for m, r in zip((cold, warm), ratios)) + " |")
     return md
 
 
@@ -197,6 +274,12 @@ def render(command: str, quick: bool, device: str, reps: int, conditions: Sequen
         mine = [r for r in records if r.condition == cond.name]
         md += ["", f"## {cond.title}", "", "### Pooler", ""]
         md += pooler_table([r for r in mine if isinstance(r, PoolerRecord)])
+        for rec in mine:
+            if isinstance(rec, ColdRecord):
+                md += ["", "### Memory of a first training step (cold)", ""] + cold_table(rec)
+        mine_bounded = [r for r in mine if isinstance(r, BoundedRecord)]
+        if mine_bounded:
+            md += ["", "### Memory-bound cases (forward+backward)", ""] + bounded_table(mine_bounded)
         for rec in mine:
             if isinstance(rec, ModelRecord):
                 md += ["", f"### Whole model: {rec.case.title}", ""] + model_table(rec)
