@@ -42,10 +42,13 @@ from .levels import route_boxes
 from .rotated_geometry import rotated_sample_groups
 from .threads import single_threaded
 
-__all__ = ["POOLER_TYPES", "SAMPLERS"]
+__all__ = ["POOLER_TYPES", "OTHER_POOLER_TYPES", "SAMPLERS"]
 
 # name -> aligned (half-pixel offset); ROIAlignRotated (rotated boxes) is always aligned
 POOLER_TYPES = {"ROIAlign": False, "ROIAlignV2": True, "ROIAlignRotated": True}
+# Pooler types with operators of their own (below): name -> operator. Not in POOLER_TYPES, the
+# table of the align operators, which would otherwise sample them as ROIAlign.
+OTHER_POOLER_TYPES = {"ROIPool": "roi_pool", "PrRoIPool": "prroi_pool"}
 SAMPLERS = ("gather", "grid_sample")
 _SETTINGS = ("SymInt[] output_size, float[] scales, int sampling_ratio, str pooler_type, "
              "float canonical_box_size, int canonical_level, bool single_thread")
