@@ -12,7 +12,7 @@ four rows ``y*W + x`` with weights ``wy * wx``; a bin's bag holds the taps of it
 which :mod:`.gather` computes with ``F.embedding_bag``. Taps of weight 0 (outside the
 map, past an ROI's own grid, exact pixel hits) are dropped, so bags differ in length.
 """
-from typing import List, NamedTuple, Optional, Sequence, Tuple
+from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
@@ -59,6 +59,7 @@ def _dense_group_taps(group: SampleGroup, row0: int, h: int, w: int, ph: int, pw
 def upright_gather_plan(
     sizes: List[Tuple[int, int, int]], boxes: torch.Tensor, batch: torch.Tensor, level_of: torch.Tensor,
     scales: Sequence[float], output_size: Tuple[int, int], sampling_ratio: int, aligned: bool,
+    axis_rule: Optional[Callable] = None,
 ) -> GatherPlan:
     """The bags of upright boxes, built for all ROIs and levels at once, in output order.
 
@@ -72,6 +73,10 @@ def upright_gather_plan(
         boxes: (N, 4) ``x1, y1, x2, y2`` in input-image pixels, in the compute dtype.
         batch: (N,) image of each box. level_of: (N,) level of each box.
         output_size: (Ph, Pw). sampling_ratio: samples per bin and axis, 0 = adaptive.
+        axis_rule: another pooling rule's separable taps, ``axis_rule(boxes, scale, heights,
+            widths) -> (ys, xs)`` :class:`.axis_taps.AxisTaps` (each ROI's level scale and map
+            size, (N,)); the ROIPool windows and PrRoIPool integrals of :mod:`.roi_pool` and
+            :mod:`.prroi_pool`. Default: ROIAlign's samples (``sampling_ratio``, ``aligned``).
     """
     ph, pw = output_size
     device, n = boxes.device, boxes.shape[0]
@@ -85,10 +90,13 @@ def upright_gather_plan(
             row0 += bsz * h * w
     lv = torch.tensor([[first_row[k], h, w] for k, (_, h, w) in enumerate(sizes)], device=device)[level_of]
     scale = torch.tensor(scales, dtype=boxes.dtype, device=device)[level_of]
-    start_x, start_y, width, height = level_boxes(boxes, scale, aligned)
-    gh, gw = samples_per_bin(height, ph, sampling_ratio), samples_per_bin(width, pw, sampling_ratio)
-    ys = axis_taps(start_y, height, ph, gh, lv[:, 1])
-    xs = axis_taps(start_x, width, pw, gw, lv[:, 2])
+    if axis_rule is None:
+        start_x, start_y, width, height = level_boxes(boxes, scale, aligned)
+        gh, gw = samples_per_bin(height, ph, sampling_ratio), samples_per_bin(width, pw, sampling_ratio)
+        ys = axis_taps(start_y, height, ph, gh, lv[:, 1])
+        xs = axis_taps(start_x, width, pw, gw, lv[:, 2])
+    else:
+        ys, xs = axis_rule(boxes, scale, lv[:, 1], lv[:, 2])
     # Bag of bin (r, py, px): every y-tap of (r, py) times every x-tap of (r, px), y-major.
     # Listed in two steps: segments (a bag's y-tap: its table row offset, the ROI's image
     # block plus pixel row times the level's width, and its weight), then each segment's
