@@ -251,7 +251,7 @@ class ROIAlignPooler(nn.Module):
         self.pool_mode = pool_mode
         self.roi_scale_factor = float(roi_scale_factor)
         self.all_levels = all_levels
-        self.fuse: Optional[LevelConvFusion] = None
+        self.fuse = None  # the learned fusion of all_levels='conv' (a submodule), else None
         if all_levels == "conv":
             if not channels:
                 raise ValueError("all_levels='conv' needs channels= (the feature maps' channels)")
@@ -397,7 +397,7 @@ def _check_features(x, scales: Sequence[float]) -> None:
         if f.dim() != 4:
             raise ValueError(f"feature map {i} must be 4-D (B, C, H, W), got {tuple(f.shape)}")
         if not f.is_floating_point() and not f.is_quantized:
-            raise TypeError(f"feature map {i} has dtype {f.dtype}; a floating (or quantized) dtype is needed")
+            raise TypeError(f"feature map {i} has dtype {f.dtype}; a floating dtype (or a quantized one) is needed")
         if f.shape[:2] != ref.shape[:2] or f.dtype != ref.dtype or f.device != ref.device:
             raise ValueError(
                 f"feature map {i} is {tuple(f.shape)} {f.dtype} on {f.device}, but map 0 is "
