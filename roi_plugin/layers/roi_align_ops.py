@@ -297,13 +297,13 @@ def _shapes(sizes) -> List[tuple]:
     return [tuple(int(v) for v in sizes[4 * i:4 * i + 4]) for i in range(len(sizes) // 4)]
 
 
-# ROIPool: forward -> (pooled, argmax: flat index of each winner in the concatenated NCHW maps)
+# ROIPool: forward -> (pooled, argmax: the kernel's winner y * W + x in its plane, -1 for none)
 def _roi_pool_impl(features, rois, output_size, scales, sampling_ratio, pooler_type, canonical_box_size,
                    canonical_level, single_thread):
     with _threads(single_thread, rois.device):
         r = _prepare_any(rois, features, pooler_type, ("ROIPool",), scales, canonical_box_size, canonical_level,
                          check=True)
-        return roi_pool_forward(list(features), r.boxes, r.batch, r.level_of, scales,
+        return roi_pool_forward(list(features), rois.detach(), r.level_of, scales,
                                 (int(output_size[0]), int(output_size[1])), r.compute_dtype)
 
 
@@ -311,9 +311,13 @@ roi_pool = torch.library.custom_op("roi_plugin::roi_pool", _roi_pool_impl, mutat
 
 
 @torch.library.custom_op("roi_plugin::roi_pool_backward", mutates_args=(),
-                         schema="(Tensor grad, Tensor argmax, SymInt[] sizes, ScalarType dtype) -> Tensor[]")
-def roi_pool_backward(grad, argmax, sizes, dtype):
-    return roi_pool_backward_impl(grad, argmax, _shapes(sizes), dtype)
+                         schema=f"(Tensor grad, Tensor argmax, Tensor rois, SymInt[] sizes, ScalarType dtype, "
+                                f"{_SETTINGS}) -> Tensor[]")
+def roi_pool_backward(grad, argmax, rois, sizes, dtype, output_size, scales, sampling_ratio, pooler_type,
+                      canonical_box_size, canonical_level, single_thread):
+    with _threads(single_thread, grad.device):
+        level_of = route_boxes(rois[:, 1:].to(compute_dtype(dtype)), scales, canonical_box_size, canonical_level)
+        return roi_pool_backward_impl(grad, argmax, rois.detach(), level_of, _shapes(sizes), scales, dtype)
 
 
 @roi_pool.register_fake
@@ -323,30 +327,43 @@ def _(features, rois, output_size, *settings):
 
 
 @roi_pool_backward.register_fake
-def _(grad, argmax, sizes, dtype):
+def _(grad, argmax, rois, sizes, dtype, *settings):
     return [grad.new_empty(tuple(sizes[i:i + 4]), dtype=dtype) for i in range(0, len(sizes), 4)]
 
 
 def _roi_pool_setup(ctx, inputs, output):
-    features = inputs[0]
-    ctx.save_for_backward(output[1])
-    ctx.sizes, ctx.dtype, ctx.num_settings = _flat_sizes(features), features[0].dtype, len(inputs) - 2
+    features, rois, *settings = inputs
+    ctx.save_for_backward(output[1], rois)
+    ctx.sizes, ctx.dtype, ctx.settings = _flat_sizes(features), features[0].dtype, settings
 
 
 def _roi_pool_grad(ctx, grad, _grad_argmax):
-    (argmax,) = ctx.saved_tensors
-    return (list(roi_pool_backward(grad, argmax, ctx.sizes, ctx.dtype)), None) + (None,) * ctx.num_settings
+    argmax, rois = ctx.saved_tensors
+    grads = roi_pool_backward(grad, argmax, rois, ctx.sizes, ctx.dtype, *ctx.settings)
+    return (list(grads), None) + (None,) * len(ctx.settings)
 
 
 def _roi_pool_backward_setup(ctx, inputs, output):
-    ctx.save_for_backward(inputs[1])
+    grad, argmax, rois, sizes, dtype, *settings = inputs
+    ctx.save_for_backward(argmax, rois)
+    ctx.sizes, ctx.settings = sizes, settings
 
 
 def _roi_pool_backward_grad(ctx, grad_grads):
-    # the backward is linear in grad: its transpose reads grad_grads at the winners
-    (argmax,) = ctx.saved_tensors
-    flat = torch.cat([g.reshape(-1) for g in grad_grads] + [grad_grads[0].new_zeros(1)])
-    return flat[argmax.long()], None, None, None
+    # linear in grad: the transpose reads grad_grads at the winners (the pooling, winners fixed)
+    argmax, rois = ctx.saved_tensors
+    _, scales, _, _, canonical_box_size, canonical_level, _ = ctx.settings
+    level_of = route_boxes(rois[:, 1:].float(), scales, canonical_box_size, canonical_level)
+    out = grad_grads[0].new_zeros(argmax.shape)
+    for level, (b_, c_, h, w) in enumerate(_shapes(ctx.sizes)):
+        sel = (level_of == level).nonzero().flatten()
+        if sel.numel() and grad_grads[level] is not None:
+            planes = grad_grads[level].reshape(b_ * c_, h * w)
+            winner = argmax.index_select(0, sel).long()
+            rows = ((rois[sel, 0].long() * c_)[:, None] + torch.arange(c_, device=rois.device))[:, :, None, None]
+            vals = planes[rows.expand_as(winner), winner.clamp(min=0)]
+            out[sel] = torch.where(winner >= 0, vals, torch.zeros_like(vals))
+    return (out, None, None, None, None) + (None,) * len(ctx.settings)
 
 
 roi_pool.register_autograd(_roi_pool_grad, setup_context=_roi_pool_setup)
