@@ -203,6 +203,7 @@ def test_box_gradients_flow_through_the_pooler_only_for_prroi(batch):
             assert all(x.grad is None for x in b)
 
 
+@pytest.mark.slow  # gradcheck, up to 2.5 s
 @pytest.mark.parametrize("option", ["all_levels", "roi_scale_factor"])
 def test_prroi_box_gradient_with_options_is_the_finite_difference(option):
     feats = [f.double() for f in pyramid(1, 64, 64, channels=2, seed=8)]
@@ -340,6 +341,7 @@ def _sample(dtype=torch.float32, requires_grad=False):
     return feats, boxes
 
 
+@pytest.mark.slow  # up to 3 s each
 @pytest.mark.parametrize("op", ["roi_pool", "prroi_pool", "roi_align_max"])
 def test_opcheck(op):
     """torch.library.opcheck: schema, autograd registration, fake tensors, AOT dispatch."""
@@ -410,3 +412,59 @@ def test_fx_keeps_the_pooling_as_one_leaf_and_the_fusion_as_modules():
     feats, boxes = _sample()
     assert torch.equal(gm(*feats, *boxes), pooler(feats, boxes))
     assert "pooler.fuse.pre.weight" in gm.state_dict()  # the parameters stay the graph module's
+
+
+# ------------------------------------------------------------------------------------ from a config
+CONFIGS = {
+    "box PrRoIPool, mask ROIPool": ["MODEL.ROI_BOX_HEAD.POOLER_TYPE", "PrRoIPool",
+                                    "MODEL.ROI_MASK_HEAD.POOLER_TYPE", "ROIPool"],
+    "all levels conv, roi_scale_factor": ["MODEL.ROI_PLUGIN.ALL_LEVELS", "conv", "MODEL.ROI_PLUGIN.ALL_LEVELS_KERNEL", 1,
+                                          "MODEL.ROI_PLUGIN.ROI_SCALE_FACTOR", 1.2],
+    "max mode, sampling ratio -1": ["MODEL.ROI_PLUGIN.POOL_MODE", "max", "MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO", -1],
+}
+
+
+@pytest.mark.slow  # a tiny Mask R-CNN built, one training step and inference: 5-13 s each
+@pytest.mark.parametrize("route", ["PluginROIHeads", "ROIPluginModel"])
+@pytest.mark.parametrize("case", list(CONFIGS))
+def test_config_keys_reach_the_poolers_and_the_model_trains(case, route):
+    """POOLER_TYPE (PrRoIPool, which Detectron2's ROIPooler refuses, and ROIPool) and the
+    MODEL.ROI_PLUGIN pooler keys through both cfg routes; one training step and inference run."""
+    from detectron2.modeling import build_model
+    from detectron2.utils.events import EventStorage
+
+    from helpers import annotated_image, tiny_cfg
+
+    opts = list(CONFIGS[case])
+    if route == "ROIPluginModel":
+        opts += ["MODEL.META_ARCHITECTURE", "ROIPluginModel", "MODEL.ROI_HEADS.NAME", "StandardROIHeads"]
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg("gather", *opts))
+    box, mask = model.roi_heads.box_pooler, model.roi_heads.mask_pooler
+    assert isinstance(box, ROIAlignPooler) and isinstance(mask, ROIAlignPooler)
+    if case.startswith("box PrRoIPool"):
+        assert (box.pooler_type, mask.pooler_type) == ("PrRoIPool", "ROIPool")
+    elif case.startswith("all levels"):
+        assert box.all_levels == mask.all_levels == "conv" and box.roi_scale_factor == 1.2
+        assert box.fuse.pre.in_channels == 16 and "roi_heads.box_pooler.fuse.pre.weight" in model.state_dict()
+    else:
+        assert box.pool_mode == mask.pool_mode == "max" and box.sampling_ratio == 0
+    model.train()
+    with EventStorage(0):
+        losses = model([annotated_image(96, 128, 3, seed=s) for s in range(2)])
+    assert all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    model.eval()
+    with torch.no_grad():
+        model([{"image": annotated_image(96, 128, 0, seed=5)["image"]}])
+
+
+def test_onnx_export_of_what_onnx_cannot_express_is_a_named_error(tmp_path):
+    from roi_plugin.export.branches import ExportablePooler, boxes_to_rois, export_onnx
+
+    feats, boxes = _sample()
+    for kwargs in (dict(pooler_type="ROIPool"), dict(pooler_type="PrRoIPool"),
+                   dict(pooler_type="ROIAlignV2", pool_mode="max")):
+        with pytest.raises(NotImplementedError, match="no ONNX export"):
+            export_onnx(ExportablePooler(ROIAlignPooler(5, SCALES, 0, **kwargs)), feats, boxes_to_rois(boxes),
+                        str(tmp_path / "p.onnx"))
