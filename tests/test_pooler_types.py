@@ -468,3 +468,18 @@ def test_onnx_export_of_what_onnx_cannot_express_is_a_named_error(tmp_path):
         with pytest.raises(NotImplementedError, match="no ONNX export"):
             export_onnx(ExportablePooler(ROIAlignPooler(5, SCALES, 0, **kwargs)), feats, boxes_to_rois(boxes),
                         str(tmp_path / "p.onnx"))
+
+
+@pytest.mark.slow  # 150 optimisation steps
+def test_docs_pooling_box_refinement_example_runs(capsys):
+    """docs/pooling.md's example, as printed there: gradient ascent on an IoU through PrRoIPool
+    moves a poor box onto the object."""
+    from helpers import REPO
+
+    text = (REPO / "docs" / "pooling.md").read_text()
+    block = text.split("**Refining a box by gradient ascent**", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    scope = {}
+    exec(compile(block, "docs/pooling.md", "exec"), scope)
+    assert scope["first_iou"] < 0.3 and scope["iou"].item() > 0.94
+    expected = block.strip().splitlines()[-1].lstrip("# ").split(":")[0]
+    assert capsys.readouterr().out.strip() == expected
