@@ -483,3 +483,38 @@ def test_docs_pooling_box_refinement_example_runs(capsys):
     assert scope["first_iou"] < 0.3 and scope["iou"].item() > 0.94
     expected = block.strip().splitlines()[-1].lstrip("# ").split(":")[0]
     assert capsys.readouterr().out.strip() == expected
+
+
+@pytest.mark.parametrize("kwargs", [dict(all_levels="sum"), dict(roi_scale_factor=1.3),
+                                    dict(all_levels="conv", channels=4, all_levels_kernel=1)])
+def test_onnx_export_of_the_roialign_options_matches_eager(tmp_path, kwargs):
+    """all_levels and roi_scale_factor export with ONNX RoiAlign (one call per level)."""
+    onnxruntime = pytest.importorskip("onnxruntime")
+    from roi_plugin.export.branches import ExportablePooler, boxes_to_rois, export_onnx
+
+    torch.manual_seed(0)
+    pooler = ROIAlignPooler(5, SCALES, 2, "ROIAlignV2", **kwargs).eval()
+    feats, boxes = _sample()
+    path = str(tmp_path / "pooler.onnx")
+    export_onnx(ExportablePooler(pooler), feats, boxes_to_rois(boxes), path)
+    feats2, boxes2 = pyramid(3, 64, 64, channels=4, seed=3), [random_boxes(n, 64, 64, 9 + n) for n in (4, 0, 6)]
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    got = session.run(None, dict(zip(names, [f.numpy() for f in feats2] + [boxes_to_rois(boxes2).numpy()])))[0]
+    with torch.no_grad():
+        np.testing.assert_allclose(got, pooler(feats2, boxes2).numpy(), atol=TOL, rtol=0)
+
+
+def test_rotated_boxes_with_all_levels_and_roi_scale_factor():
+    feats = pyramid(1, 128, 96, channels=4, seed=2)
+    g = torch.Generator().manual_seed(0)
+    boxes = torch.cat([torch.rand(12, 2, generator=g) * 90, 8 + torch.rand(12, 2, generator=g) * 150,
+                       (torch.rand(12, 1, generator=g) - 0.5) * 180], 1)
+    out = ROIAlignPooler(5, SCALES, 0, "ROIAlignRotated", all_levels="sum")(feats, [boxes])
+    ref = sum(ROIAlignPooler(5, (s,), 0, "ROIAlignRotated")([f], [boxes]) for f, s in zip(feats, SCALES))
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)
+    scaled = boxes.clone()
+    scaled[:, 2:4] *= 1.5
+    big = ROIAlignPooler(5, SCALES, 0, "ROIAlignRotated", roi_scale_factor=1.5, canonical_box_size=224)(feats, [boxes])
+    same_levels = ROIAlignPooler(5, SCALES, 0, "ROIAlignRotated", canonical_box_size=224 * 1.5)(feats, [scaled])
+    torch.testing.assert_close(big, same_levels, rtol=0, atol=0)
