@@ -24,8 +24,19 @@ def test_dry_run(tmp_path):
     res = run_tool("--quick", "--out", str(out))
     text = out.read_text()
     assert "dry run" in text.splitlines()[0] and "--device cpu --quick --out" in text
-    for section in ("## 2. Equality", "## 3. Determinism", "## 4. Memory under determinism", "## 5. Speed"):
+    for section in ("## 1. The device path", "## 2. Equality", "## 3. Determinism", "## 4. Memory",
+                    "## 5. Speed"):
         assert section in text
+    # section 1: the counts of the device path within issue 27's limits, the plan path's for contrast,
+    # and the kernels built for sm_90
+    counts = {tuple(c.strip() for c in r.split("|")[1:4]): r.split("|")[4:6] for r in text.splitlines()
+              if r.startswith("| gather") or r.startswith("| grid_sample")}
+    for pooler_type in ("ROIAlignV2", "ROIAlignRotated"):
+        for direction in ("forward", "backward"):
+            calls, reads = (int(v) for v in counts[(f"gather {pooler_type}", "device", direction)])
+            assert calls <= 100 and reads <= 2
+            assert int(counts[(f"gather {pooler_type}", "plan", direction)][0]) > calls
+    assert len([r for r in text.splitlines() if r.startswith("| forward:") or r.startswith("| backward:")]) == 6
     # CUDA parts skipped, and said so: section 2's CUDA rows, 3's CUDA rows and training, all of 4 and 5
     assert text.count("skipped: no CUDA device") == 4
     assert "| cuda" not in text and "Section" not in text  # no CUDA row, no section stopped by an error

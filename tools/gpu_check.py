@@ -5,6 +5,11 @@
 Sections (each a function below; each writes its part of the report as it finishes, so a run
 cut short keeps what it measured):
 
+1. **The device path** (issue 27): host reads, operator calls and kernel launches of one
+   operator call of each sampler and path (tools/op_counts.py; on CUDA the real kernels run,
+   in a dry run their launches are only recorded); on CUDA also what the CUDA profiler sees of
+   one training step (kernel launches, stream synchronisations, device-to-host copies); and
+   the device path's kernels built for the GPU (or for sm_90 in a dry run): registers, spills.
 2. **Equality**: both samplers against ``torchvision.ops.roi_align`` on the levels Detectron2's
    rule picks (its ``ROIPooler``, which is that) on CUDA, and against the pooler's own CPU
    float32 result; float32, float16, bfloat16 and autocast (float16 maps under
@@ -18,21 +23,26 @@ cut short keeps what it measured):
    run, are the feature gradients bitwise equal; 20 iterations of the shapes Mask R-CNN
    (configs/shapes/mask_rcnn_plugin.yaml and mask_rcnn_builtin.yaml) trained twice from the
    same seed on the same batches, losses compared.
-4. **Memory under determinism**: peak GPU memory and time of a training step (forward +
+4. **Memory**: peak GPU memory and time of a training step against ``ROIPooler``'s without the
+   determinism flag; then under it: peak GPU memory and time of a training step (forward +
    backward) of the pooler against ``ROIPooler``, whose torchvision ``roi_align`` takes its
    pure-Python path under the flag, at Detectron2's defaults and at growing inputs until
    torchvision's runs out of memory.
-5. **Speed**: tools/benchmark.py's pooler cases and its whole-model R50-FPN case on CUDA
-   (synchronised medians, implementations interleaved), and a profile of the pooler's
-   training step (kernels, host syncs).
+5. **Speed**: tools/benchmark.py's pooler cases and its whole-model cases (R50-FPN and the
+   shapes model: built-in heads, plugin heads, plugin heads under ``torch.compile(model.roi_heads)``,
+   whose failure is reported with its chain of causes) on CUDA (synchronised medians,
+   implementations interleaved).
 
 Without a CUDA device (or with ``--device cpu``) it is a dry run: the CPU parts that make sense
 (section 2's CPU results and references, a small determinism check on the CPU) run, every
 CUDA part is reported as skipped, and it exits 0.
 
-    python tools/gpu_check.py            # on a GPU machine: ~5 min, writes results/gpu.md
-    python tools/gpu_check.py --quick    # smaller inputs, ~1 min; writes only with --out
+    python tools/gpu_check.py --quick --out /tmp/gpu_quick.md  # first, on a GPU machine: < 5 min
+    python tools/gpu_check.py            # then the full run: ~6 min, writes results/gpu.md
     python tools/gpu_check.py --device cpu --quick --out /tmp/gpu.md   # the dry run (CI)
+
+``--quick`` runs every section with smaller inputs and fewer repetitions: equality, determinism
+and the speed rows against ``ROIPooler`` and the built-in heads, in a few minutes.
 
 A dry run writes a file only when ``--out`` is given (results/gpu.md holds GPU figures only).
 """
@@ -144,6 +154,92 @@ def d2_rotated_missing(device) -> str:
     except Exception as e:  # a _C built without CUDA
         return f"Detectron2's _C has no {device.type} kernel ({first_line(e)})"
     return ""
+
+
+# ---------------------------------------------------------------------------- 1. device path
+def kernel_resources(capability: int):
+    """Rows of tools/bench/kernels.py's JSON lines for ``capability``: built in a process of its own
+    without Triton's interpreter (which replaces the compiler); [] with the error where it fails."""
+    import json
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([os.path.join(REPO, "tools"), REPO, env.get("PYTHONPATH", "")])
+    res = subprocess.run([sys.executable, "-m", "bench.kernels", "--capability", str(capability)], env=env, cwd=REPO,
+                         capture_output=True, text=True)
+    if res.returncode != 0:
+        return [], (res.stderr.strip().splitlines() or ["?"])[-1]
+    return [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")], ""
+
+
+def step_profile(case, path: str, device, quick) -> str:
+    """What the CUDA profiler sees of one ``gather`` training step of ``case`` on ``path``
+    ("device" or "plan"): launches, synchronisations, copies, and where the device time goes."""
+    import op_counts
+
+    with op_counts.device_path_mode("auto" if path == "device" else "off"):
+        step = make_step("gather", case, "fwd+bwd", quick, device.type)
+        step()
+        sync(device)
+        acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+        with torch.profiler.profile(activities=acts) as prof:
+            step()
+            sync(device)
+    events = prof.key_averages()
+    calls = {e.key: e.count for e in events}
+    dev_time = lambda e: getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0))  # noqa: E731
+    kernels = [e for e in events if dev_time(e) > 0 and not e.key.startswith(("aten::", "triton::", "cuda"))]
+    top = sorted(kernels, key=dev_time, reverse=True)[:5]
+    return (f"CUDA profile of one `gather` training step ({case.description}), {path} path: "
+            f"{sum(c for k, c in calls.items() if k.startswith('aten::'))} aten op calls, "
+            f"{sum(c for k, c in calls.items() if 'LaunchKernel' in k)} kernel launches, "
+            f"{calls.get('cudaStreamSynchronize', 0)} `cudaStreamSynchronize`, "
+            f"{sum(c for k, c in calls.items() if k.startswith('cudaMemcpy'))} `cudaMemcpy*` (a `.tolist()` or "
+            f"`int(...)` of a CUDA tensor is one, and waits for the device); device time "
+            f"{sum(dev_time(e) for e in kernels) / 1e3:.2f} ms, most in: "
+            + ", ".join(f"`{e.key[:60]}` {dev_time(e) / 1e3:.2f} ms ({e.count}x)" for e in top) + ".")
+
+
+def device_path(report, device, quick):
+    import op_counts
+
+    rois = 64 if quick else 512
+    report.add(
+        "## 1. The device path", "",
+        f"One operator call of each pooler at Detectron2's FPN defaults (2 images 400x608, P2..P5, 64 channels, "
+        f"{rois} ROIs per image, sampling ratio 0) on {device.type}, counted with the profiler by tools/op_counts.py: "
+        "*operator calls*: aten calls other than views, nested calls included, plus one per Triton kernel launch; "
+        "*host reads*: `.item()`, `int()`/`bool()` of a tensor, `.tolist()`, `nonzero` (boolean-mask indexing), "
+        "`unique`, `bincount`, `repeat_interleave` without `output_size`. *device*: the Triton kernels (the "
+        "`gather` sampler's path on CUDA); *plan*: the embedding_bag plan (the CPU's path; on CUDA, "
+        "`grid_sample`'s)"
+        + ("" if device.type == "cuda" else "; in a dry run the kernels' launches are recorded, not run") + ".", "",
+        "| pooler | path | direction | operator calls | host reads | kernel launches |", "|---|---|---|---:|---:|---:|")
+    rows = [("gather", "ROIAlignV2", "device"), ("gather", "ROIAlignV2", "plan"), ("gather", "ROIAlignRotated", "device"),
+            ("gather", "ROIAlignRotated", "plan"), ("grid_sample", "ROIAlignV2", "plan")]
+    for sampler, pooler_type, path in rows:
+        counts = op_counts.pooler_counts(sampler, path, rois, 0, pooler_type, device=device.type)
+        for direction, c in counts.items():
+            report.add(f"| {sampler} {pooler_type} | {path} | {direction} | {c.calls} | {c.host_reads} | "
+                       f"{c.launches if path == 'device' else '-'} |")
+    if device.type == "cuda":
+        case = {c.name: c for c in pooler_cases(quick)}["train_r0"]
+        for path in ("device", "plan"):
+            report.add("", step_profile(case, path, device, quick))
+    capability = 90
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        capability = 10 * major + minor
+    built, error = kernel_resources(capability)
+    report.add("", f"The device path's kernels built for compute capability {capability / 10:.1f} (Triton's compiler "
+               "and the ptxas it ships; tools/bench/kernels.py):" + (f" failed: {error}" if error else ""), "")
+    if built:
+        report.add("| kernel (direction:dtype:output) | registers | spill stores (bytes) | atomics | approximate "
+                   "divisions |", "|---|---:|---:|---:|---:|")
+        for k in built:
+            report.add(f"| {k['kernel']} | {k.get('registers', '?')} | {k.get('spill_stores', '?')} | {k['atomics']} "
+                       f"| {k['approximate_divisions']} |")
+    report.add("")
 
 
 # ---------------------------------------------------------------------------- 2. equality
@@ -378,14 +474,39 @@ def peak_and_time(step, feats, device, reps):
 
 
 def memory(report, device, quick):
-    report.add("## 4. Memory under determinism", "")
+    report.add("## 4. Memory", "")
     if device.type != "cuda":
         report.add(f"{SKIPPED}.", "")
         return
     hw = image_size(quick)
     report.add(
-        "A training step (forward + backward, 7x7, 2 images, P2..P5, tools/benchmark.py's boxes) under "
-        "`torch.use_deterministic_algorithms(True)`: the plugin's `gather` sampler against Detectron2's "
+        "A training step (forward + backward, 7x7, 2 images, P2..P5, tools/benchmark.py's boxes) without "
+        "`torch.use_deterministic_algorithms(True)`, the plugin's `gather` sampler against Detectron2's "
+        "`ROIPooler` (target: within 1.1x its peak), then under the flag. Peak: `torch.cuda.max_memory_allocated` "
+        "over the memory allocated before the step (maps, no gradients); time: median of 3 after one warm-up.", "",
+        "| input, without the flag | plugin peak GiB | plugin ms | ROIPooler peak GiB | ROIPooler ms | peak ratio |",
+        "|---|---|---|---|---|---|")
+    for label, (hh, ww), n, ratio, channels in [("Detectron2's defaults", hw, 1000, 0, 256),
+                                                 ("sampling ratio 2", hw, 1000, 2, 256),
+                                                 ("mask pooler 14x14", hw, 64, 0, 256)]:
+        peaks, cells = [], []
+        for impl in ("gather", "detectron2"):
+            try:
+                step = pooler_step(impl, 14 if "mask" in label else 7, ratio, n, (hh, ww), device, channels)
+                with deterministic(False):
+                    gib, sec = peak_and_time(step, step.feats, device, 3)
+                peaks.append(gib)
+                cells += [f"{gib:.3f}", f"{sec * 1e3:.1f}"]
+            except Exception as e:
+                cells += [first_line(e), "-"]
+            step = None
+            gc.collect()
+            torch.cuda.empty_cache()
+        ratio_cell = f"{peaks[0] / peaks[1]:.2f}x" if len(peaks) == 2 and peaks[1] > 0 else "-"
+        report.add(f"| {label}: {hh}x{ww}, {n} ROIs/image, ratio {ratio}, {channels} channels | "
+                   + " | ".join(cells) + f" | {ratio_cell} |")
+    report.add(
+        "", "Under `torch.use_deterministic_algorithms(True)`: the plugin's `gather` sampler against Detectron2's "
         "`ROIPooler` (torchvision's `roi_align` takes its pure-Python path under the flag, which under adaptive "
         "sampling samples every ROI on a grid as large as the level's map). Peak: "
         "`torch.cuda.max_memory_allocated` over the memory allocated before the step (maps, no gradients); "
@@ -443,37 +564,45 @@ def speed(report, device, quick):
                 report.add(f"| {case.description}, {case.rois} ROIs/image | {mode} | {IMPL_NAMES[impl]} | "
                            f"{fmt_t(times[impl])} | "
                            f"{median_ratio(times[impl], times['detectron2']):.2f}x |")
-    mcase = MODEL_KEYS["r50"]
+    for key in ("r50", "shapes"):
+        whole_model(report, MODEL_KEYS[key], device, quick)
+
+
+def error_chain(e: BaseException, lines: int = 12) -> str:
+    """The exception and its causes, a few lines of each, for a report (an inductor failure's
+    root cause sits several causes down)."""
+    parts, seen = [], set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        text = "\n".join(str(e).strip().splitlines()[:lines])
+        parts.append(f"{type(e).__module__}.{type(e).__name__}: {text}")
+        e = e.__cause__ or e.__context__
+    return "\n".join(parts)
+
+
+def whole_model(report, mcase, device, quick):
+    """The model case's training and inference pass, built-in heads vs plugin heads (vs the plugin
+    heads under ``torch.compile(model.roi_heads)``; where that fails, its error chain is reported
+    and the two others are timed)."""
+    reps = 2 if quick else 5
     try:
-        res = model_bench(mcase, quick, device.type, 2 if quick else 5, variants=("builtin", "plugin"))
-        report.add("", f"Whole model, `{mcase.config}` (random init) with the plugin heads vs the built-in heads, "
-                   "same weights and input:", "", "| pass | built-in ms | plugin ms | ratio |", "|---|---|---|---|")
-        for name, t in res.items():
-            report.add(f"| {name} | {fmt_t(t['builtin'])} | {fmt_t(t['plugin'])} | "
-                       f"{median_ratio(t['plugin'], t['builtin']):.2f}x |")
+        res = model_bench(mcase, quick, device.type, reps)
     except Exception as e:
-        report.add("", f"Whole model: {first_line(e)}")
-    # What a profile of the default pooler's training step shows (item 5's next step).
-    case = {c.name: c for c in pooler_cases(quick)}["train_r0"]
-    step = make_step("gather", case, "fwd+bwd", quick, device.type)
-    step()
-    sync(device)
-    acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
-    with torch.profiler.profile(activities=acts) as prof:
-        step()
-        sync(device)
-    events = prof.key_averages()
-    calls = {e.key: e.count for e in events}
-    dev_time = lambda e: getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0))  # noqa: E731
-    top = sorted((e for e in events if e.key.startswith("aten::")), key=dev_time, reverse=True)[:6]
-    report.add("", f"Profile of one `gather` training step ({case.description}): "
-               f"{sum(c for k, c in calls.items() if k.startswith('aten::'))} aten op calls, "
-               f"{sum(c for k, c in calls.items() if 'LaunchKernel' in k)} kernel launches, "
-               f"{calls.get('cudaStreamSynchronize', 0)} `cudaStreamSynchronize` and "
-               f"{sum(c for k, c in calls.items() if k.startswith('cudaMemcpy'))} `cudaMemcpy*` calls (host-device "
-               "copies: a `.tolist()` or `int(...)` of a CUDA tensor is one, and waits for the device); most "
-               "device time: "
-               + ", ".join(f"`{e.key[6:]}` {dev_time(e) / 1e3:.1f} ms ({e.count}x)" for e in top) + ".", "")
+        report.add("", f"`torch.compile(model.roi_heads)` of `{mcase.config}` failed on {device.type}:", "", "```",
+                   error_chain(e), "```")
+        try:
+            res = model_bench(mcase, quick, device.type, reps, variants=("builtin", "plugin"))
+        except Exception as e2:
+            report.add("", f"Whole model `{mcase.config}`: {first_line(e2)}")
+            return
+    variants = [v for v in ("plugin", "plugin_compiled") if v in next(iter(res.values()))]
+    report.add("", f"Whole model, `{mcase.config}` (random init, {mcase.title}) with the plugin heads vs the built-in "
+               "heads, same weights and input; ratio to the built-in heads:", "",
+               "| pass | built-in ms | " + " | ".join(f"{v} ms | {v} ratio" for v in variants) + " |",
+               "|---|---|" + "---|---|" * len(variants))
+    for name, t in res.items():
+        report.add(f"| {name} | {fmt_t(t['builtin'])} | "
+                   + " | ".join(f"{fmt_t(t[v])} | {median_ratio(t[v], t['builtin']):.2f}x" for v in variants) + " |")
 
 
 # ---------------------------------------------------------------------------- main
@@ -513,7 +642,7 @@ def main():
                         help="cuda (default where available) or cpu (a dry run)")
     parser.add_argument("--out", default=None, help="markdown file (default results/gpu.md for a full CUDA run; "
                         "--quick and dry runs write only where given)")
-    parser.add_argument("--sections", nargs="*", default=["2", "3", "4", "5"], choices=["2", "3", "4", "5"])
+    parser.add_argument("--sections", nargs="*", default=["1", "2", "3", "4", "5"], choices=["1", "2", "3", "4", "5"])
     args = parser.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -523,7 +652,7 @@ def main():
         out = os.path.join(REPO, "results", "gpu.md")
     torch.manual_seed(0)
     report = Report(out, header(device, args.quick))
-    sections = {"2": equality, "3": determinism, "4": memory, "5": speed}
+    sections = {"1": device_path, "2": equality, "3": determinism, "4": memory, "5": speed}
     t0 = time.perf_counter()
     for key in args.sections:
         t = time.perf_counter()

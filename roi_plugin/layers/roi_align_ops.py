@@ -20,7 +20,9 @@ pixels, and every setting is an int/float/bool/str argument, so eager, ``torch.c
 ``torch.export`` and the profiler all run this one implementation. Inside the op: the box
 value checks (the pooler's error messages), level routing (:mod:`.levels`), the geometry
 (:mod:`.axis_taps` / :mod:`.geometry` / :mod:`.rotated_geometry`) and the sampler, on one
-intra-op thread unless ``single_thread`` is False (:mod:`.threads`).
+intra-op thread unless ``single_thread`` is False (:mod:`.threads`). On CUDA, ``gather`` takes
+the device path instead (:mod:`.device_path`): Triton kernels with the same geometry, no host
+reads but the box check's, a deterministic backward.
 
 Autograd. Pooling is linear in the features: ``pooled = P(rois) features``, so the backward
 is the transpose, ``dfeatures = P(rois)^T grad``, an operator of its own, and the derivative
@@ -40,6 +42,7 @@ from typing import List, NamedTuple, Sequence
 
 import torch
 
+from . import device_path
 from .gather import gather_backward, gather_forward
 from .gather_plan import gather_plan, upright_gather_plan
 from .geometry import compute_dtype, sample_groups
@@ -180,6 +183,8 @@ def _forward(sampler: str, features: List[torch.Tensor], rois: torch.Tensor, out
         _check_level_sizes(r, sizes, scales)
         if len(r.boxes) == 0:
             return features[0].new_zeros((0, sizes[0][1], *out_hw))
+        if device_path.enabled(sampler, pooler_type, features):
+            return device_path.forward(list(features), rois, r.level_of, out_hw, scales, sampling_ratio, pooler_type)
         if sampler == "gather":
             plan = _gather_plan(r, sizes, scales, out_hw, sampling_ratio, pooler_type)
             return gather_forward(plan, list(features), len(r.boxes), out_hw, r.compute_dtype)
@@ -197,6 +202,9 @@ def _backward(sampler: str, grad: torch.Tensor, rois: torch.Tensor, sizes: List[
                      check=False)
         if len(r.boxes) == 0:
             return [torch.zeros(s, dtype=dtype, device=grad.device) for s in shapes]
+        if device_path.enabled(sampler, pooler_type, [grad] * len(shapes)):
+            return device_path.backward(grad, rois, r.level_of, shapes, dtype, out_hw, scales, sampling_ratio,
+                                        pooler_type)
         if sampler == "gather":
             plan = _gather_plan(r, shapes, scales, out_hw, sampling_ratio, pooler_type)
             return gather_backward(plan, grad, shapes, dtype, r.compute_dtype)
