@@ -8,8 +8,9 @@ def add_roi_plugin_config(cfg):
     """Add the config keys of roi_plugin under ``cfg.MODEL.ROI_PLUGIN``.
 
     Pooler resolution, sampling ratio and pooler type stay in Detectron2's own keys
-    (``MODEL.ROI_BOX_HEAD.POOLER_*``, ``MODEL.ROI_MASK_HEAD.POOLER_*``); the box head's
-    width is ``MODEL.ROI_BOX_HEAD.FC_DIM``.
+    (``MODEL.ROI_BOX_HEAD.POOLER_*``, ``MODEL.ROI_MASK_HEAD.POOLER_*``; the plugin heads also
+    take ``POOLER_TYPE: "PrRoIPool"``, which Detectron2's ``ROIPooler`` does not know); the box
+    head's width is ``MODEL.ROI_BOX_HEAD.FC_DIM``.
     """
     _C = cfg
     _C.MODEL.ROI_PLUGIN = CN()
@@ -28,6 +29,18 @@ def add_roi_plugin_config(cfg):
     _C.MODEL.ROI_PLUGIN.CLS_SCORE_INIT_STD = 0.01
     # Std of the normal init of the predictor's box-regression layer (bias 0).
     _C.MODEL.ROI_PLUGIN.BBOX_PRED_INIT_STD = 0.001
+    # Pool every ROI from every pyramid level: "" (off: the level its size picks), "sum" (all
+    # levels summed, GRoIE) or "conv" (GRoIE's learned variant: a conv + ReLU shared by the levels,
+    # the sum, a conv + ReLU). Applies to every pooler of the plugin heads / ROIPluginModel.
+    _C.MODEL.ROI_PLUGIN.ALL_LEVELS = ""
+    # Kernel size of both convs of ALL_LEVELS "conv" (odd; GRoIE's best used 5, 1 costs least).
+    _C.MODEL.ROI_PLUGIN.ALL_LEVELS_KERNEL = 3
+    # "avg" (ROIAlign: the mean of a bin's bilinear samples) or "max" (mmcv's max mode: the largest
+    # sample) for the ROIAlign / ROIAlignV2 poolers of the plugin heads / ROIPluginModel.
+    _C.MODEL.ROI_PLUGIN.POOL_MODE = "avg"
+    # Scale every pooled box about its centre by this factor (context), keeping the level of the
+    # unscaled box (mmdetection's roi_scale_factor); 1.0 = unchanged.
+    _C.MODEL.ROI_PLUGIN.ROI_SCALE_FACTOR = 1.0
     # With MODEL.META_ARCHITECTURE "ROIPluginModel": the meta-architecture built, then converted.
     _C.MODEL.ROI_PLUGIN.META_ARCHITECTURE = "GeneralizedRCNN"
 

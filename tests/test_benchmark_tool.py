@@ -42,7 +42,9 @@ def test_report_from_fixed_measurements():
     """Fixed records in, the tables and the target verdicts out: ratios are medians of
     per-repetition ratios, memory ratios over ROIPooler's, "-" where nothing was measured."""
     train, mask = find_case("train_r0", False), find_case("mask_r0", False)
+    roi_pool = find_case("roi_pool_train", False)
     records = [
+        PoolerRecord("busy", roi_pool, "fwd+bwd", {"detectron2": [1.0, 1.0], "roi_pool": [0.9, 1.3]}, {}),
         PoolerRecord("1thread", train, "fwd+bwd", {"detectron2": [1.0, 2.0, 1.0], "gather": [0.2, 0.5, 0.1]},
                      {"detectron2": 100.0, "gather": 120.0}),  # ratios 0.2, 0.25, 0.1; memory 1.2
         PoolerRecord("busy", mask, "fwd+bwd", {"detectron2": [0.1, 0.1], "gather": [0.05, 0.03]}, {}),
@@ -65,12 +67,14 @@ def test_report_from_fixed_measurements():
     assert target("| time, mask 14x14 fwd+bwd") == ["0.4x", "-", "0.40x yes"]
     assert target("| time, inference") == ["0.4x", "-", "-"]
     assert target("| shapes R18-FPN training iteration") == ["0.95x (busy core)", "-", "0.85x yes"]
-    assert len([line for line in lines if line.startswith("| time,")]) == 4
+    # ROIPool's target is the plugin's ROIPool against ROIPooler's ROIPool: medians of 0.9, 1.3
+    assert target("| time, ROIPool training fwd+bwd") == ["1.0x", "-", "1.10x **no**"]
+    assert len([line for line in lines if line.startswith("| time,")]) == 6
     assert len([line for line in lines if line.startswith("| peak extra memory,")]) == 7
     assert [line for line in lines if line.startswith("## ")] == [
         "## Targets", "## 1 thread", "## 2 threads, one core busy with another process", "## GPU"]
-    rows = [line for line in lines if line.startswith("| training, ")]
-    assert len(rows) == 4  # 2 implementations in each of the 2 pooler records
+    rows = [line for line in lines if line.startswith("| training, ") and "7x7, ROIPool" not in line]
+    assert len(rows) == 4  # 2 implementations in each of the 2 ROIAlign pooler records
     assert rows[1].endswith("| 200 (100-500) | 0.20x | 120 | 1.20x |")
     assert rows[3].endswith("| 40 (30-50) | 0.40x | - | - |")
     model = [line for line in lines if line.startswith(("| train (", "| inference ("))]

@@ -3,7 +3,7 @@ no plugin class: a user's ``StandardROIHeads`` subclass with an extra branch tha
 ``ROIPooler`` (reachable at two paths), and PointRend (``detectron2.projects.point_rend``), each
 with both samplers: no ``ROIPooler`` left, the built-in model's weights give its detections and
 extra outputs, 2 training iterations with finite losses (``checking.check_conversion``). Then
-the rules: a ``ROIPool`` model refused with nothing changed, idempotence, shared modules,
+the rules: a ``ROIPool`` model converted, a refused conversion changes nothing, idempotence, shared modules,
 parameters kept (objects, device, dtype, ``requires_grad``, no RNG drawn), and the plugin
 heads initialised as the built-in ones under one seed. Tiny frozen R50-FPN models on 2 images of
 128 x 160 px."""
@@ -154,19 +154,52 @@ def test_extra_branch_pooler_keeps_its_settings_and_stays_shared():
         (5, 5), tuple(p.spatial_scale for p in old.level_poolers), 2, "ROIAlign", "grid_sample", 224, 4)
 
 
-def test_roi_pool_model_is_refused_with_nothing_changed():
+@pytest.mark.parametrize("route", ["convert_model", "config_route"])
+def test_roi_pool_model_converts(route):
+    """Issue 29.1: a model whose box ROIPooler is ``ROIPool`` converts (both routes) and detects as
+    the built-in model with its weights (ROIPool is one implementation: the sampler does not apply)."""
     cfg = extra_branch_cfg("MODEL.ROI_BOX_HEAD.POOLER_TYPE", "ROIPool")
+    convert = CASES[f"extra_branch-{route}"][1]
+    row = check_conversion(lambda: build_model(cfg), lambda s: convert(cfg, s), _batch(cfg), samplers=("gather",))
+    assert conversion_ok(row, ("gather",)), row
+    model = convert(cfg, "gather")
+    assert model.roi_heads.box_pooler.pooler_type == "ROIPool"
+
+
+def test_sampling_ratio_minus_one_config_converts():
+    """Issue 29.7: ``POOLER_SAMPLING_RATIO: -1`` (adaptive in ROIPooler and torchvision) converts
+    and pools as 0 does."""
+    cfg = extra_branch_cfg("MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO", -1)
+    row = check_conversion(lambda: build_model(cfg), lambda s: convert_model(build_model(cfg), s), _batch(cfg))
+    assert conversion_ok(row, SAMPLERS), row
+    assert convert_model(build_model(cfg)).roi_heads.box_pooler.sampling_ratio == 0
+
+
+def test_refused_conversion_changes_nothing():
+    """A conversion that cannot be done (here: all_levels='conv' without channels, and a
+    pooler_types path without an ROIPooler) raises naming every path, the model unchanged."""
     torch.manual_seed(0)
-    model = build_model(cfg)
+    model = build_model(extra_branch_cfg())
     types, state = _snapshot(model)
-    with pytest.raises(ValueError, match=r"roi_heads\.box_pooler: .*ROIPool") as err:
-        convert_model(model)
-    assert "nothing was changed" in str(err.value) and "mask_pooler" not in str(err.value)
+    with pytest.raises(ValueError, match=r"roi_heads\.box_pooler: .*channels") as err:
+        convert_model(model, all_levels="conv")
+    assert "nothing was changed" in str(err.value) and "roi_heads.mask_pooler" in str(err.value)
+    with pytest.raises(ValueError, match=r"roi_heads\.box_head: pooler_types names no ROIPooler there"):
+        convert_model(model, pooler_types={"roi_heads.box_head": "PrRoIPool"})
     after_types, after_state = _snapshot(model)
-    assert after_types == types  # the mask and extra poolers (convertible) were not swapped either
+    assert after_types == types
     assert after_state.keys() == state.keys() and all(torch.equal(after_state[k], v) for k, v in state.items())
-    with pytest.raises(ValueError, match=r"roi_heads\.box_pooler"):  # the config route too
-        build_model(config_route(cfg, "gather"))
+
+
+def test_pooler_options_and_types_reach_the_converted_poolers():
+    torch.manual_seed(0)
+    model = convert_model(build_model(extra_branch_cfg()), pooler_types={"roi_heads.box_pooler": "PrRoIPool"},
+                          all_levels="conv", channels=16, all_levels_kernel=1, roi_scale_factor=1.2)
+    box, mask, extra = model.roi_heads.box_pooler, model.roi_heads.mask_pooler, model.roi_heads.extra_pooler
+    assert (box.pooler_type, mask.pooler_type, extra.pooler_type) == ("PrRoIPool", "ROIAlignV2", "ROIAlign")
+    for p in (box, mask, extra):
+        assert p.all_levels == "conv" and p.fuse.pre.kernel_size == (1, 1) and p.roi_scale_factor == 1.2
+    assert "roi_heads.box_pooler.fuse.pre.weight" in model.state_dict()
 
 
 def test_converting_twice_changes_nothing(caplog):

@@ -133,8 +133,13 @@ def test_pooler_and_predictor_conversion_keeps_settings():
     p = roi_plugin.pooler_from_roi_pooler(rp, "grid_sample")
     assert (p.output_size, p.scales, p.sampling_ratio, p.pooler_type, p.canonical_box_size, p.canonical_level,
             p.sampler) == ((14, 14), (1 / 8, 1 / 16), 3, "ROIAlign", 112, 3, "grid_sample")
-    with pytest.raises(ValueError, match="ROIAlign, ROIAlignV2 and ROIAlignRotated only"):
-        roi_plugin.pooler_from_roi_pooler(ROIPooler(7, (1 / 8,), 0, "ROIPool"))
+    # ROIPool converts too (its level poolers are torchvision's RoIPool); other level poolers are refused.
+    q = roi_plugin.pooler_from_roi_pooler(ROIPooler(7, (1 / 8,), 0, "ROIPool"))
+    assert (q.output_size, q.scales, q.pooler_type) == ((7, 7), (1 / 8,), "ROIPool")
+    odd = ROIPooler(7, (1 / 8,), 0, "ROIAlign")
+    odd.level_poolers[0] = torch.nn.Identity()
+    with pytest.raises(ValueError, match="ROIAlign, ROIAlignV2, ROIAlignRotated and ROIPool; this ROIPooler uses Identity"):
+        roi_plugin.pooler_from_roi_pooler(odd)
     # A rotated ROIPooler (its kernel needs detectron2's compiled _C) becomes the pure-PyTorch mode.
     r = roi_plugin.pooler_from_roi_pooler(ROIPooler(7, (1 / 4, 1 / 8), 2, "ROIAlignRotated"))
     assert (r.output_size, r.scales, r.sampling_ratio, r.pooler_type) == ((7, 7), (1 / 4, 1 / 8), 2, "ROIAlignRotated")

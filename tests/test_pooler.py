@@ -283,9 +283,15 @@ def test_malformed_input_raises(batch, make_input, error, match, sampler):
 @pytest.mark.parametrize(
     "kwargs,match",
     [
-        (dict(pooler_type="ROIPool"), "pooler_type"),
+        (dict(pooler_type="PSRoIPool"), "pooler_type"),
         (dict(sampler="bilinear"), "sampler"),
-        (dict(sampling_ratio=-1), "sampling_ratio"),
+        (dict(sampling_ratio=1.5), "sampling_ratio"),
+        (dict(pool_mode="mean"), "pool_mode"),
+        (dict(pool_mode="max", pooler_type="ROIPool"), "pool_mode='max' applies to"),
+        (dict(roi_scale_factor=0.0), "roi_scale_factor"),
+        (dict(all_levels="concat"), "all_levels"),
+        (dict(all_levels="conv"), "channels"),
+        (dict(all_levels="conv", channels=8, all_levels_kernel=2), "odd kernel_size"),
         (dict(scales=(1 / 4, 1 / 6)), "power of two"),
         (dict(scales=(1 / 4, 1 / 16)), "consecutive"),
         (dict(scales=()), "non-empty"),

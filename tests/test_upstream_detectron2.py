@@ -7,7 +7,10 @@ op under test is ``ROIAlignPooler`` (one level at scale 1.0 stands in for the ``
 layer, called with one box list instead of a ``(K, 5)`` tensor; in the ROIAlignV2-vs-ROIAlignRotated
 test both poolers are ``ROIAlignPooler``), every test runs with both
 samplers, CUDA branches and the benchmark are dropped, pytest instead of unittest, and
-random inputs are seeded. Assertions and tolerances are upstream's.
+random inputs are seeded. Assertions and tolerances are upstream's. The ``ROIPooler`` tests
+(scriptability, no images, tracing) also run with ``pooler_type="ROIPool"`` (issue 29: Detectron2
+has no ROIPool test of its own; its ``ROIPool`` is torchvision's ``roi_pool``), the scripted
+pooler then also compared with Detectron2's ``ROIPooler(pooler_type="ROIPool")``.
 """
 import cv2
 import numpy as np
@@ -15,6 +18,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+from detectron2.modeling.poolers import ROIPooler
 from detectron2.structures import Boxes, RotatedBoxes
 from detectron2.utils.testing import random_boxes
 
@@ -121,7 +125,8 @@ def test_empty_batch(sampler):
 
 
 # ---------------------------------------------------------------- tests/modeling/test_roi_pooler.py
-def test_scriptability(sampler):
+@pytest.mark.parametrize("pooler_type", ["ROIAlignV2", "ROIPool"])
+def test_scriptability(sampler, pooler_type):
     # upstream's _test_scriptability (CPU): the scripted pooler's output torch.equal to eager
     pooler_resolution = 14
     canonical_level = 4
@@ -147,25 +152,29 @@ def test_scriptability(sampler):
         output_size=pooler_resolution,
         scales=pooler_scales,
         sampling_ratio=sampling_ratio,
-        pooler_type="ROIAlignV2",
+        pooler_type=pooler_type,
         sampler=sampler,
     )
 
     roialignv2_out = roialignv2_pooler(features, rois)
     scripted_roialignv2_out = torch.jit.script(roialignv2_pooler)(features, rois)
     assert torch.equal(roialignv2_out, scripted_roialignv2_out)
+    if pooler_type == "ROIPool":
+        assert torch.equal(roialignv2_out, ROIPooler(pooler_resolution, pooler_scales, 0, "ROIPool")(features, rois))
 
 
-def test_no_images(sampler):
+@pytest.mark.parametrize("pooler_type", ["ROIAlignV2", "ROIPool"])
+def test_no_images(sampler, pooler_type):
     N, C, H, W = 0, 32, 32, 32
     features = [torch.rand(N, C, H, W) - 0.5]
-    pooler = ROIAlignPooler(output_size=14, scales=(1.0,), sampling_ratio=0.0, pooler_type="ROIAlignV2",
+    pooler = ROIAlignPooler(output_size=14, scales=(1.0,), sampling_ratio=0.0, pooler_type=pooler_type,
                             sampler=sampler)
     output = pooler.forward(features, [])
     assert output.shape == (0, C, 14, 14)
 
 
-def test_roi_pooler_tracing(sampler):
+@pytest.mark.parametrize("pooler_type", ["ROIAlign", "ROIPool"])
+def test_roi_pooler_tracing(sampler, pooler_type):
     class Model(torch.nn.Module):
         def __init__(self, roi):
             super().__init__()
@@ -182,7 +191,7 @@ def test_roi_pooler_tracing(sampler):
     rois = random_boxes(10, W * canonical_scale_factor)
     # One larger box so that this level has only one box (pytorch/pytorch#49852).
     rois = torch.cat([rois, torch.tensor([[0, 0, 448, 448]])])
-    model = Model(ROIAlignPooler(14, pooler_scales, 0, "ROIAlign", sampler=sampler))
+    model = Model(ROIAlignPooler(14, pooler_scales, 0, pooler_type, sampler=sampler))
     with torch.no_grad():
         func = torch.jit.trace(model, (feature, rois))
         o = func(feature, rois)

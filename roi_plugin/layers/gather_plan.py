@@ -171,6 +171,7 @@ def _dense_levels(sizes: List[Tuple[int, int, int]], present: List[int]):
 def upright_gather_plan(
     sizes: List[Tuple[int, int, int]], boxes: torch.Tensor, batch: torch.Tensor, level_of: torch.Tensor,
     scales: Sequence[float], output_size: Tuple[int, int], sampling_ratio: int, aligned: bool, max_taps: int,
+    axis_rule: Optional[Callable] = None,
 ) -> GatherPlans:
     """The bags of upright boxes, for all ROIs and levels, in output order, in blocks.
 
@@ -185,18 +186,25 @@ def upright_gather_plan(
         batch: (N,) image of each box. level_of: (N,) level of each box.
         output_size: (Ph, Pw). sampling_ratio: samples per bin and axis, 0 = adaptive.
         max_taps: taps per block (:func:`plan_budget`).
+        axis_rule: another pooling rule's separable taps, ``axis_rule(boxes, scale, heights,
+            widths) -> (ys, xs)`` :class:`.axis_taps.AxisTaps` (each ROI's level scale and map
+            size, (N,)); the PrRoIPool integrals of :mod:`.prroi_pool`. Default: ROIAlign's
+            samples (``sampling_ratio``, ``aligned``), merged to distinct pixels.
     """
     ph, pw = output_size
     device, n = boxes.device, boxes.shape[0]
     dense, first_row, row0 = _dense_levels(sizes, torch.bincount(level_of, minlength=len(sizes)).tolist())
     lv = torch.tensor([[first_row[k], h, w] for k, (_, h, w) in enumerate(sizes)], device=device)[level_of]
     scale = torch.tensor(scales, dtype=boxes.dtype, device=device)[level_of]
-    start_x, start_y, width, height = level_boxes(boxes, scale, aligned)
-    gh, gw = samples_per_bin(height, ph, sampling_ratio), samples_per_bin(width, pw, sampling_ratio)
-    # The samples along each axis are listed a run of ROIs at a time (some 120 bytes each while
-    # listed), merged to distinct pixels (bounded by the pixels the bins cover) and kept.
-    ys = distinct_axis_taps(start_y, height, ph, gh, lv[:, 1], max(1, max_taps // _SAMPLE_TAPS))
-    xs = distinct_axis_taps(start_x, width, pw, gw, lv[:, 2], max(1, max_taps // _SAMPLE_TAPS))
+    if axis_rule is None:
+        start_x, start_y, width, height = level_boxes(boxes, scale, aligned)
+        gh, gw = samples_per_bin(height, ph, sampling_ratio), samples_per_bin(width, pw, sampling_ratio)
+        # The samples along each axis are listed a run of ROIs at a time (some 120 bytes each
+        # while listed), merged to distinct pixels (bounded by the pixels the bins cover) and kept.
+        ys = distinct_axis_taps(start_y, height, ph, gh, lv[:, 1], max(1, max_taps // _SAMPLE_TAPS))
+        xs = distinct_axis_taps(start_x, width, pw, gw, lv[:, 2], max(1, max_taps // _SAMPLE_TAPS))
+    else:
+        ys, xs = axis_rule(boxes, scale, lv[:, 1], lv[:, 2])
     # Table row of each y-tap: the ROI's image block plus pixel row times the level's width.
     y_roi = torch.repeat_interleave(torch.arange(n, device=device), ys.count.view(n, ph).sum(1))
     y_row = (lv[:, 0] + batch * lv[:, 1] * lv[:, 2])[y_roi] + ys.pixel * lv[y_roi, 2]
@@ -336,6 +344,10 @@ def rotated_gather_plan(
             counted from ``r0``), of their bin rows ``rows = (py0, py1)`` only if not None:
             :func:`.rotated_geometry.rotated_sample_groups` on those ROIs.
         max_taps: taps per block (:func:`plan_budget`).
+        axis_rule: another pooling rule's separable taps, ``axis_rule(boxes, scale, heights,
+            widths) -> (ys, xs)`` :class:`.axis_taps.AxisTaps` (each ROI's level scale and map
+            size, (N,)); the PrRoIPool integrals of :mod:`.prroi_pool`. Default: ROIAlign's
+            samples (``sampling_ratio``, ``aligned``), merged to distinct pixels.
     """
     ph, pw = output_size
     nbins = ph * pw

@@ -36,7 +36,7 @@ from detectron2.config import configurable
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, CascadeROIHeads, Res5ROIHeads, StandardROIHeads
 
 from ..config import roi_plugin_cfg
-from .convert import apply_plugin_keys, convert_model
+from .convert import apply_plugin_keys, cfg_for_detectron2, convert_model, head_pooler_types, plugin_pooler_options
 from .poolers import SAMPLERS, ROIAlignPooler
 
 __all__ = [
@@ -51,8 +51,9 @@ __all__ = [
 
 
 def build_plugin_pooler(cfg, head_cfg, input_shape, sampler: str) -> ROIAlignPooler:
-    """An :class:`ROIAlignPooler` configured like Detectron2 would configure its ``ROIPooler``,
-    for heads written by hand (the plugin heads convert the ``ROIPooler`` Detectron2 builds).
+    """An :class:`ROIAlignPooler` configured like Detectron2 would configure its ``ROIPooler``
+    (plus the ``MODEL.ROI_PLUGIN`` pooler keys), for heads written by hand (the plugin heads
+    convert the ``ROIPooler`` Detectron2 builds).
 
     Args:
         head_cfg: ``cfg.MODEL.ROI_BOX_HEAD``, ``ROI_MASK_HEAD`` or ``ROI_KEYPOINT_HEAD``.
@@ -69,6 +70,7 @@ def build_plugin_pooler(cfg, head_cfg, input_shape, sampler: str) -> ROIAlignPoo
         canonical_level=plugin.CANONICAL_LEVEL,
         sampler=sampler,
         single_thread=plugin.SINGLE_THREAD,
+        **plugin_pooler_options(cfg, input_shape[in_features[0]].channels),
     )
 
 
@@ -84,11 +86,17 @@ class PluginHeadsMixin:
     _family = "PluginROIHeads"
 
     @configurable
-    def __init__(self, *, sampler: str = "gather", single_thread: bool = True, **kwargs):
+    def __init__(self, *, sampler: str = "gather", single_thread: bool = True, pooler_types=None,
+                 pooler_options=None, **kwargs):
         """
         Args:
             sampler: sampler of the converted poolers; from a YACS cfg, ``MODEL.ROI_PLUGIN.SAMPLER``.
             single_thread: the converted poolers' thread choice (``MODEL.ROI_PLUGIN.SINGLE_THREAD``).
+            pooler_types: ``{attribute: pooler_type}`` for converted poolers of another type than
+                their ``ROIPooler`` (from a cfg: a head's ``POOLER_TYPE: "PrRoIPool"``).
+            pooler_options: :class:`ROIAlignPooler` keywords for every converted pooler
+                (``all_levels``, ``pool_mode``, ``roi_scale_factor``, ...; from a cfg, the
+                ``MODEL.ROI_PLUGIN`` pooler keys).
             **kwargs: the built-in class's keywords. Detectron2's ``ROIPooler`` and plain
                 ``FastRCNNOutputLayers`` among them are converted after the built-in ``__init__``.
         """
@@ -100,19 +108,31 @@ class PluginHeadsMixin:
                 raise TypeError(f"{type(self).__name__} got {wrong[0]}=, a keyword of another ROI-heads "
                                 f"family: use {family}")
         super().__init__(**kwargs)
-        convert_model(self, sampler, single_thread)
+        convert_model(self, sampler, single_thread, pooler_types=pooler_types, **(pooler_options or {}))
 
     @classmethod
     def from_config(cls, cfg, input_shape):
-        ret = super().from_config(cfg, input_shape)
+        # Detectron2's builders get a placeholder for a POOLER_TYPE only the plugin pools (PrRoIPool).
+        d2_cfg, wanted = cfg_for_detectron2(cfg)
+        ret = super().from_config(d2_cfg, input_shape)
         apply_plugin_keys(ret.values(), cfg)
         ret["sampler"] = cls._sampler(cfg)
         ret["single_thread"] = roi_plugin_cfg(cfg).SINGLE_THREAD
+        ret["pooler_types"] = head_pooler_types(wanted, _Attributes(ret))
+        channels = input_shape[cfg.MODEL.ROI_HEADS.IN_FEATURES[0]].channels
+        ret["pooler_options"] = plugin_pooler_options(cfg, channels)
         return ret
 
     @classmethod
     def _sampler(cls, cfg) -> str:
         return roi_plugin_cfg(cfg).SAMPLER
+
+
+class _Attributes:
+    """A ``from_config`` dict seen as the heads' attributes it will become."""
+
+    def __init__(self, ret):
+        self.__dict__.update(ret)
 
 
 @ROI_HEADS_REGISTRY.register()

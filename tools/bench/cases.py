@@ -3,9 +3,12 @@
 px), the implementations compared, and a closure per (implementation, case, mode) that runs one
 pooler call, and its backward, on fixed inputs.
 
-Implementations: Detectron2's ``ROIPooler`` (``ROIAlignV2``, the reference of every ratio), the
-plugin's ``ROIAlignPooler`` with each sampler, the ``gather`` one also under ``torch.compile``
-and its plan alone, and the notebook's per-ROI design (``notebook.py``)."""
+Implementations: Detectron2's ``ROIPooler`` (of the case's pooler type, ``ROIAlignV2`` unless
+the case says otherwise: the reference of every ratio), the plugin's ``ROIAlignPooler`` with
+each sampler, the ``gather`` one also under ``torch.compile`` and its plan alone, the notebook's
+per-ROI design (``notebook.py``), and the other pooler types (issue 29): the plugin's ``ROIPool``
+against ``ROIPooler``'s (torchvision's ``roi_pool``), and ``PrRoIPool`` beside ROIAlign at the
+same output size (with and without the box gradient)."""
 import math
 from typing import Callable, List, NamedTuple, Sequence
 
@@ -23,6 +26,9 @@ IMPL_NAMES = {
     "gather_plan": "plugin, `gather` plan alone (what the backward operator rebuilds)",
     "grid_sample": "plugin, `grid_sample` sampler",
     "notebook": "notebook design (per-ROI `expand` + `grid_sample`)",
+    "roi_pool": "plugin, `ROIPool`",
+    "prroi_pool": "plugin, `PrRoIPool`",
+    "prroi_pool_boxes": "plugin, `PrRoIPool`, boxes requiring grad (box gradient too)",
 }
 IDLE_ONLY = ("grid_sample", "notebook")  # measured in the idle condition only (slow, not the default)
 MODES = ("fwd", "fwd+bwd", "infer")  # training forward (grad enabled), forward+backward, no grad
@@ -36,6 +42,7 @@ class Case(NamedTuple):
     ratio: int
     modes: Sequence[str]  # of MODES
     impls: Sequence[str] = IMPLS
+    pooler_type: str = "ROIAlignV2"  # of Detectron2's ROIPooler ("detectron2") and the plugin's ROIAlign samplers
 
 
 def pooler_cases(quick: bool) -> List[Case]:
@@ -51,6 +58,15 @@ def pooler_cases(quick: bool) -> List[Case]:
             "notebook", "training, box 7x7, ratio 2, few ROIs", 7, 16 // scale, 2, ("fwd+bwd",),
             ("detectron2", "gather", "notebook"),
         ),
+        # issue 29: ROIPool against ROIPooler's ROIPool (torchvision's roi_pool), PrRoIPool beside ROIAlign
+        Case("roi_pool_train", "training, box 7x7, ROIPool", 7, 512 // scale, 0, ("fwd", "fwd+bwd"),
+             ("detectron2", "roi_pool"), pooler_type="ROIPool"),
+        Case("roi_pool_infer", "inference, box 7x7, ROIPool, no grad", 7, 1000 // scale, 0, ("infer",),
+             ("detectron2", "roi_pool"), pooler_type="ROIPool"),
+        Case("prroi_train", "training, box 7x7, PrRoIPool beside ROIAlignV2 (ratio 0)", 7, 512 // scale, 0,
+             ("fwd", "fwd+bwd"), ("detectron2", "gather", "prroi_pool", "prroi_pool_boxes")),
+        Case("prroi_infer", "inference, box 7x7, PrRoIPool beside ROIAlignV2 (ratio 0), no grad", 7, 1000 // scale,
+             0, ("infer",), ("detectron2", "gather", "prroi_pool")),
     ]
 
 
@@ -96,15 +112,18 @@ def build_pooler(impl: str, case: Case, image_hw):
     if impl == "detectron2":
         from detectron2.modeling.poolers import ROIPooler
 
-        return ROIPooler(case.output, SCALES, case.ratio, "ROIAlignV2")
+        return ROIPooler(case.output, SCALES, case.ratio, case.pooler_type)
     if impl == "notebook":
         return NotebookPooler(case.output, case.ratio, image_hw)
     from roi_plugin import ROIAlignPooler
 
+    if impl in ("roi_pool", "prroi_pool", "prroi_pool_boxes"):
+        pooler_type = "ROIPool" if impl == "roi_pool" else "PrRoIPool"
+        return ROIAlignPooler(case.output, SCALES, case.ratio, pooler_type)
     if impl == "gather_compiled":  # default settings; compiled in the warm-up calls
         torch._dynamo.reset()  # a fresh cache per case: no recompile limit across cases
         return torch.compile(ROIAlignPooler(case.output, SCALES, case.ratio, "ROIAlignV2"))
-    return ROIAlignPooler(case.output, SCALES, case.ratio, "ROIAlignV2", sampler=impl)
+    return ROIAlignPooler(case.output, SCALES, case.ratio, case.pooler_type, sampler=impl)
 
 
 def make_step(impl: str, case: Case, mode: str, quick: bool, device: str) -> Callable[[], None]:
@@ -135,13 +154,15 @@ def make_step(impl: str, case: Case, mode: str, quick: bool, device: str) -> Cal
     box_arg = [Boxes(b) for b in boxes] if impl == "detectron2" else boxes
     if mode != "infer":
         feats = [f.requires_grad_() for f in feats]
+        if impl == "prroi_pool_boxes":
+            boxes = [b.requires_grad_() for b in boxes]
 
     def step():
         if mode == "infer":
             with torch.no_grad():
                 pooler(feats, box_arg)
             return
-        for f in feats:  # as optimizer.zero_grad(set_to_none=True) would
+        for f in feats + (boxes if impl == "prroi_pool_boxes" else []):  # as zero_grad(set_to_none=True) would
             f.grad = None
         out = pooler(feats, box_arg)
         if mode == "fwd+bwd":

@@ -20,12 +20,16 @@ from .cases import IMPL_NAMES, Case, image_size
 from .conditions import Condition
 from .models import ModelCase
 
-# Targets of the default pooler (gather) / ROIPooler, in every condition (issue 13).
+# Targets of the plugin / ROIPooler, in every condition: the default pooler (gather; issue 13) and
+# ROIPool against ROIPooler's (issue 29: no slower). (label, (case, mode), limit, implementation)
 TARGETS = [
-    ("training fwd+bwd, ratio 0", ("train_r0", "fwd+bwd"), 0.3),
-    ("training fwd+bwd, ratio 2", ("train_r2", "fwd+bwd"), 0.3),
-    ("inference", ("infer_r0", "infer"), 0.4),
-    ("mask 14x14 fwd+bwd", ("mask_r0", "fwd+bwd"), 0.4),
+    ("training fwd+bwd, ratio 0", ("train_r0", "fwd+bwd"), 0.3, "gather"),
+    ("training fwd+bwd, ratio 2", ("train_r2", "fwd+bwd"), 0.3, "gather"),
+    ("inference", ("infer_r0", "infer"), 0.4, "gather"),
+    ("mask 14x14 fwd+bwd", ("mask_r0", "fwd+bwd"), 0.4, "gather"),
+    ("ROIPool training fwd+bwd (plugin `ROIPool` / ROIPooler `ROIPool`)", ("roi_pool_train", "fwd+bwd"), 1.0,
+     "roi_pool"),
+    ("ROIPool inference (plugin `ROIPool` / ROIPooler `ROIPool`)", ("roi_pool_infer", "infer"), 1.0, "roi_pool"),
 ]
 MEMORY_TARGET = 1.1  # peak extra memory / ROIPooler's, forward-only and forward+backward
 MEMORY_TARGET_STEPS = (("train_r0", "fwd"), ("train_r0", "fwd+bwd"), ("train_r2", "fwd"), ("train_r2", "fwd+bwd"),
@@ -134,7 +138,8 @@ def header(command: str, quick: bool, device: str, reps: int, conditions: Sequen
             + (", a `while True: pass` process started by the benchmark holds one core" if c.busy else "") + ")"
             for c in conditions),
         f"- pooler inputs: 2 images {height}x{width}, P2..P5 with 256 channels (float32), "
-        "ROIAlignV2, boxes with side lengths log-uniform in 16..800 px, uniform centres, clipped to the image",
+        "ROIAlignV2 unless a case names another pooler type, boxes with side lengths log-uniform in 16..800 px, "
+        "uniform centres, clipped to the image",
         f"- timing: {reps} repetitions after warm-up, implementations interleaved; time = median (min-max) "
         "in ms; ratio = median over repetitions of (this / Detectron2 `ROIPooler`) of the same repetition",
         f"- memory: peak extra memory of one step after warm-up, each case in a process of its own ({method}); "
@@ -203,18 +208,18 @@ def targets_table(conditions: Sequence[Condition], records: Sequence) -> List[st
         lo, hi = min(values), max(values)
         return f"{lo:.2f}x-{hi:.2f}x {'yes' if hi <= limit else '**no**'}"
 
-    def pooler_cell(cond, case, mode, index, limit):
+    def pooler_cell(cond, case, mode, index, limit, impl="gather"):
         rec = pooler.get((cond.name, case, mode))
-        return cell(None if rec is None or "gather" not in rec.times else pooler_ratios(rec, "gather")[index], limit)
+        return cell(None if rec is None or impl not in rec.times else pooler_ratios(rec, impl)[index], limit)
 
     md = [
-        "| target (default `gather` sampler / `ROIPooler`) | limit | "
+        "| target (plugin / `ROIPooler`; the default `gather` sampler unless named) | limit | "
         + " | ".join(c.title for c in conditions) + " |",
         "| --- | --- |" + " --- |" * len(conditions),
     ]
-    for label, (case, mode), limit in TARGETS:
+    for label, (case, mode), limit, impl in TARGETS:
         md.append(f"| time, {label} | {limit}x | "
-                  + " | ".join(pooler_cell(c, case, mode, 0, limit) for c in conditions) + " |")
+                  + " | ".join(pooler_cell(c, case, mode, 0, limit, impl) for c in conditions) + " |")
     for case, mode in MEMORY_TARGET_STEPS:
         md.append(f"| peak extra memory, {case} {mode} | {MEMORY_TARGET}x | "
                   + " | ".join(pooler_cell(c, case, mode, 1, MEMORY_TARGET) for c in conditions) + " |")
