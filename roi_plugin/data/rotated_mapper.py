@@ -6,8 +6,11 @@ config, tensors) with its one annotation hook, ``_transform_annotations``, overr
 ``bbox`` is converted to ``BoxMode.XYWHA_ABS`` (``[x_ctr, y_ctr, w, h, angle]``, degrees,
 counter-clockwise), the image's transforms are applied to it by Detectron2's
 ``TransformList.apply_rotated_box`` (a horizontal flip negates the angle and mirrors the centre;
-a resize scales centre and sides, and for unequal x/y scales also turns the angle, by the
-approximation of ``RotatedBoxes.scale``), the box is put in the long-side form (below), and
+a resize scales centre and sides, exactly when the x and y scales are equal, as
+``ResizeShortestEdge``'s are; for unequal scales Detectron2's rule, ``RotatedBoxes.scale``,
+turns the box as its height vector turns, which for a long box is off: a 4:1 box at -17.7
+degrees stretched 1.25 x 0.75 gets -28.0 where its long sides run at -10.8), the box is put in
+the long-side form (below), and
 Detectron2's ``annotations_to_instances_rotated`` and ``filter_empty_instances`` make the
 ``Instances`` with ``RotatedBoxes``.
 
