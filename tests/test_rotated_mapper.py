@@ -82,7 +82,8 @@ def test_uniform_resize(record):
     rec, masks = record
     out, boxes = mapped(rec, [T.ResizeShortestEdge(384, 384)])
     assert tuple(out["image"].shape[1:]) == (384, 384)
-    big = [cv2.resize(m.astype(np.uint8), (384, 384), interpolation=cv2.INTER_NEAREST).astype(bool) for m in masks]
+    big = [cv2.resize(m.astype(np.uint8), (384, 384), interpolation=cv2.INTER_NEAREST).astype(bool)
+           for m in masks]
     check_against_masks(boxes, big, scale=1.5)
     orig = np.array([a["bbox"] for a in rec["annotations"]])
     np.testing.assert_allclose(boxes[:, :4], orig[:, :4] * 1.5, atol=1e-3)
@@ -117,7 +118,8 @@ def test_docs_unequal_resize_turns_long_boxes_with_their_short_side():
     assert abs(ours - -28.0) < 0.1 and abs(long_side_direction(box[0], 1.25, 0.75) - -10.8) < 0.1
     for angle in (0.0, 90.0, -90.0):
         b = np.array([[100.0, 100.0, 80.0, 20.0, angle]])
-        assert abs(angle_diff(resize.apply_rotated_box(b.copy())[0, 4], long_side_direction(b[0], 1.25, 0.75))) < 1e-6
+        turned = resize.apply_rotated_box(b.copy())[0, 4]
+        assert abs(angle_diff(turned, long_side_direction(b[0], 1.25, 0.75))) < 1e-6
     same = T.ResizeTransform(256, 256, 384, 384).apply_rotated_box(box.copy())
     np.testing.assert_allclose(same, [[150.0, 150.0, 120.0, 30.0, -17.7]], atol=1e-9)
 
@@ -141,7 +143,8 @@ def test_long_side_form():
 
 def test_upright_and_empty_annotations(record, tmp_path):
     rec, _ = record
-    upright = dict(rec, annotations=[{"bbox": [10, 20, 30, 12], "bbox_mode": BoxMode.XYWH_ABS, "category_id": 1}])
+    upright = dict(rec, annotations=[{"bbox": [10, 20, 30, 12], "bbox_mode": BoxMode.XYWH_ABS,
+                                      "category_id": 1}])
     _, boxes = mapped(upright, [])
     np.testing.assert_allclose(boxes, [[25, 26, 30, 12, 0]])
     out, boxes = mapped(dict(rec, annotations=[]), [])

@@ -59,7 +59,8 @@ def trained(rotated_val, tmp_path_factory):
     small = out / "small.json"
     small.write_text(json.dumps(_coco(rotated_val, 8)))
     argv = ["--config-file", str(CONFIG), "--dataset", f"rot_small:{small}:{rotated_val[1]}", *TINY,
-            "DATASETS.TRAIN", "('shapes_rotated_val',)", "DATASETS.TEST", "('rot_small',)", "OUTPUT_DIR", str(out)]
+            "DATASETS.TRAIN", "('shapes_rotated_val',)", "DATASETS.TEST", "('rot_small',)",
+            "OUTPUT_DIR", str(out)]
     assert load_tool("train_net").cli(argv) == 0
     return out
 
@@ -68,7 +69,8 @@ def test_rotated_configs_pick_the_rotated_mapper_and_evaluator(tmp_path):
     cfg = shipped_cfg("rotated/rrcnn_R_18_FPN_plugin.yaml", "OUTPUT_DIR", str(tmp_path))
     assert is_rotated_model(cfg) and is_rotated_model(shipped_cfg("rotated/rrcnn_R_18_FPN_builtin.yaml"))
     assert not is_rotated_model(shipped_cfg("shapes/mask_rcnn_plugin.yaml"))
-    assert tuple(cfg.DATASETS.TRAIN) == ("shapes_rotated_train",) and tuple(cfg.DATASETS.TEST) == ("shapes_rotated_val",)
+    assert tuple(cfg.DATASETS.TRAIN) == ("shapes_rotated_train",)
+    assert tuple(cfg.DATASETS.TEST) == ("shapes_rotated_val",)
     cfg.DATALOADER.NUM_WORKERS = 0
     loader = Trainer.build_test_loader(cfg, "shapes_rotated_val")  # generates the split first
     assert isinstance(loader.dataset._map_func._obj, RotatedDatasetMapper)
@@ -83,7 +85,8 @@ def test_train_and_evaluate_writes_rotated_results(trained):
     assert {"AP", "AP50", "AP75"} | {f"AP-{c}" for c in CLASSES} <= set(res["bbox"])
     # RotatedCOCOEvaluator's file: every prediction is a 5-number rotated box on the 8 images
     preds = json.loads((trained / "inference" / "coco_instances_results.json").read_text())
-    assert preds and all(len(p["bbox"]) == 5 for p in preds) and {p["image_id"] for p in preds} <= set(range(1, 9))
+    assert preds and all(len(p["bbox"]) == 5 for p in preds)
+    assert {p["image_id"] for p in preds} <= set(range(1, 9))
     rows = [json.loads(line) for line in open(trained / "metrics.json")]
     assert max(r["iteration"] for r in rows if "total_loss" in r) == 1
     assert {"loss_cls", "loss_box_reg", "loss_rpn_cls", "loss_rpn_loc"} <= set(rows[0])
@@ -101,14 +104,16 @@ def test_demo_draws_and_records_rotated_boxes(trained, rotated_val, tmp_path):
     out = tmp_path / "out"
     weights = trained / "model_final.pth"
     proc = subprocess.run(
-        [sys.executable, str(REPO / "tools" / "demo.py"), "--config-file", str(CONFIG), "--input", str(images),
+        [sys.executable, str(REPO / "tools" / "demo.py"), "--config-file", str(CONFIG),
+         "--input", str(images),
          "--output", str(out), "--confidence-threshold", "0", *TINY, "MODEL.WEIGHTS", str(weights)],
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-2000:]
     record = json.loads((out / "detections.json").read_text())
     assert record["box_mode"] == "XYWHA_ABS" and record["thing_classes"] == list(CLASSES)
-    cfg = load_cfg(str(CONFIG), [*TINY, "MODEL.WEIGHTS", str(weights), "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"])
+    cfg = load_cfg(str(CONFIG), [*TINY, "MODEL.WEIGHTS", str(weights),
+                                 "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"])
     predictor = DefaultPredictor(cfg)
     total = 0
     for rec, n in zip(record["images"], names):
@@ -165,12 +170,14 @@ def test_bad_rotated_json_exits_with_one_line(capsys, tmp_path, rotated_val, kin
 
 def test_boxes_that_do_not_fit_the_model_exit_with_one_line(capsys, tmp_path, rotated_val):
     # rotated boxes, upright model
-    err = _error(capsys, ["--config-file", str(SHAPES_CONFIG), "--dataset", f"rot_for_upright:{rotated_val[0]}:{rotated_val[1]}",
-                          "DATASETS.TRAIN", "('rot_for_upright',)", "MODEL.MASK_ON", "False", "OUTPUT_DIR", str(tmp_path)])
+    spec = f"rot_for_upright:{rotated_val[0]}:{rotated_val[1]}"
+    err = _error(capsys, ["--config-file", str(SHAPES_CONFIG), "--dataset", spec, "DATASETS.TRAIN",
+                          "('rot_for_upright',)", "MODEL.MASK_ON", "False", "OUTPUT_DIR", str(tmp_path)])
     assert "has rotated boxes" in err and "configs/rotated/rrcnn_R_18_FPN_plugin.yaml" in err
     err = _error(capsys, ["--config-file", str(SHAPES_CONFIG), "DATASETS.TRAIN", "('shapes_rotated_val',)",
                           "OUTPUT_DIR", str(tmp_path)])
     assert "'shapes_rotated_val' has rotated boxes" in err
     # upright boxes, rotated model
-    err = _error(capsys, ["--config-file", str(CONFIG), "DATASETS.TRAIN", "('shapes_val',)", "OUTPUT_DIR", str(tmp_path)])
+    err = _error(capsys, ["--config-file", str(CONFIG), "DATASETS.TRAIN", "('shapes_val',)",
+                          "OUTPUT_DIR", str(tmp_path)])
     assert "'shapes_val' has upright boxes" in err and "[x_ctr, y_ctr, width, height, angle]" in err

@@ -11,8 +11,8 @@ def _run(out_dir, ap, s_per_iter):
     keys = ("AP", "AP50", "AP75", "APs", "APm", "APl")
     (out_dir / "final_metrics.json").write_text(json.dumps(
         {"wall_time_s": 600.0, "results": {"bbox": {k: ap + i for i, k in enumerate(keys)}}}))
-    rows = [{"iteration": 19, "total_loss": 1.0, "time": s_per_iter}, {"iteration": 39, "total_loss": 0.5,
-                                                                        "time": s_per_iter}, {"iteration": 39}]
+    rows = [{"iteration": 19, "total_loss": 1.0, "time": s_per_iter},
+            {"iteration": 39, "total_loss": 0.5, "time": s_per_iter}, {"iteration": 39}]
     (out_dir / "metrics.json").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
 
 
@@ -33,7 +33,8 @@ def test_rotated_set_collects_finished_runs(tmp_path, monkeypatch):
     _run(tmp_path / "out" / "builtin", 56.5, 1.25)
     # each config's OUTPUT_DIR: the plugin's from the override, the builtin's from its YAML
     (tmp_path / "configs" / "rotated").mkdir(parents=True)
-    for leaf, out in (("rrcnn_R_18_FPN_plugin.yaml", "out/plugin"), ("rrcnn_R_18_FPN_builtin.yaml", "out/builtin")):
+    for leaf, out in (("rrcnn_R_18_FPN_plugin.yaml", "out/plugin"),
+                      ("rrcnn_R_18_FPN_builtin.yaml", "out/builtin")):
         (tmp_path / "configs" / "rotated" / leaf).write_text(f'OUTPUT_DIR: "{out}"\n')
     assert run_twins.main(["--set", "rotated", "--skip-training"]) == 0
     text = (tmp_path / "results" / "rotated_twins.md").read_text()

@@ -43,18 +43,21 @@ def draw(dataset: str, num_images: int, columns: int, scale: float):
     for ax, rec in zip(axes.flat, records):
         image = read_image(rec["file_name"], format="RGB")
         ax.imshow(Visualizer(image, meta, scale=scale).draw_dataset_dict(rec).get_image())
-        ax.set_title(f"{os.path.basename(rec['file_name'])}: {len(rec.get('annotations', []))} objects", fontsize=8)
+        n = len(rec.get("annotations", []))
+        ax.set_title(f"{os.path.basename(rec['file_name'])}: {n} objects", fontsize=8)
     fig.suptitle(f"{dataset}: the first {len(records)} images and their annotations", fontsize=10)
     fig.tight_layout()
     return fig
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="shapes_rotated_train", help="a registered dataset")
     parser.add_argument("--num-images", type=int, default=6)
     parser.add_argument("--columns", type=int, default=3)
-    parser.add_argument("--scale", type=float, default=2.0, help="Visualizer scale (sharper lines on small images)")
+    parser.add_argument("--scale", type=float, default=2.0,
+                        help="Visualizer scale (sharper lines on small images)")
     parser.add_argument("--output", default=DEFAULT_OUTPUT)
     args = parser.parse_args(argv)
     if args.dataset not in DatasetCatalog.list():

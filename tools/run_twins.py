@@ -12,7 +12,7 @@ and Detectron2's built-in heads) and write their figures to ``results/<set>_twin
   ``--detectron2-src DIR`` (a source tree built with ``python setup.py build_ext --inplace``,
   docs/testing.md) first on its ``PYTHONPATH``; ``results/rotated_twins.md``.
 
-    python tools/run_twins.py                  # train the three shapes twins (about 45 min on 2 cores), then write
+    python tools/run_twins.py                  # the 3 shapes twins (about 45 min on 2 cores), then write
     python tools/run_twins.py --skip-training  # only collect from finished runs in output/
     python tools/run_twins.py --set rotated --detectron2-src /work/d2src   # about 30 min
 
@@ -40,8 +40,10 @@ SETS = {
         "runs": {
             "plugin, main job (PluginROIHeads, gather sampler + TwoMLPHead + FastRCNNPredictor)":
                 "configs/shapes/mask_rcnn_plugin.yaml",
-            "plugin (GridSampleROIHeads + TwoMLPHead + FastRCNNPredictor)": "configs/shapes/mask_rcnn_gridsample.yaml",
-            "builtin (StandardROIHeads + FastRCNNConvFCHead + ROIAlignV2)": "configs/shapes/mask_rcnn_builtin.yaml",
+            "plugin (GridSampleROIHeads + TwoMLPHead + FastRCNNPredictor)":
+                "configs/shapes/mask_rcnn_gridsample.yaml",
+            "builtin (StandardROIHeads + FastRCNNConvFCHead + ROIAlignV2)":
+                "configs/shapes/mask_rcnn_builtin.yaml",
         },
         "compiled": (),
         "title": "Shapes twins: plugin ROI heads vs Detectron2's built-in ROI heads",
@@ -56,8 +58,8 @@ SETS = {
         },
         "compiled": ("configs/rotated/rrcnn_R_18_FPN_builtin.yaml",),
         "title": "Rotated twins: PluginRROIHeads vs Detectron2's RROIHeads",
-        "evaluation": "COCO box AP with rotated IoU (Detectron2's `RotatedCOCOEvaluator`) on `shapes_rotated_val` "
-                      "(200 images)",
+        "evaluation": "COCO box AP with rotated IoU (Detectron2's `RotatedCOCOEvaluator`) on "
+                      "`shapes_rotated_val` (200 images)",
     },
 }
 
@@ -94,7 +96,8 @@ def _detectron2_of(src):
         code = "import detectron2, os; print(detectron2.__version__, os.path.dirname(detectron2.__file__))"
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
         return f"detectron2 {out.stdout.strip()} (this Python's)"
-    rev = subprocess.run(["git", "-C", str(src), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True)
+    rev = subprocess.run(["git", "-C", str(src), "rev-parse", "--short=12", "HEAD"],
+                         capture_output=True, text=True)
     at = f" at {rev.stdout.strip()}" if rev.returncode == 0 else ""
     return f"detectron2 built from source{at} with its compiled _C ({src})"
 
@@ -108,8 +111,9 @@ def _write(name, results, opts):
     builtin = names[-1]
     tasks = [t for t in ("bbox", "segm") if t in results["runs"][builtin]]
     command = ["python tools/run_twins.py"] + (["--set", name] if name != "shapes" else [])
-    if any(r.get("detectron2_src") for r in results["runs"].values()):
-        command += ["--detectron2-src", next(r["detectron2_src"] for r in results["runs"].values() if r.get("detectron2_src"))]
+    sources = [r["detectron2_src"] for r in results["runs"].values() if r.get("detectron2_src")]
+    if sources:
+        command += ["--detectron2-src", sources[0]]
     lines = [
         f"# {spec['title']}",
         "",
@@ -121,7 +125,8 @@ def _write(name, results, opts):
         "same model with both heads side by side.",
     ]
     if spec["compiled"]:
-        lines += ["", "Detectron2 of each run:", ""] + [f"- {n.split(' (')[0]}: {results['runs'][n]['detectron2']}" for n in names]
+        lines += ["", "Detectron2 of each run:", ""]
+        lines += [f"- {n.split(' (')[0]}: {results['runs'][n]['detectron2']}" for n in names]
     lines += [
         "",
         "| run | task | " + " | ".join(KEYS) + " | s/iter | iters | wall time |",
@@ -158,20 +163,23 @@ def _write(name, results, opts):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--set", choices=sorted(SETS), default="shapes", help="which twins")
     parser.add_argument("--skip-training", action="store_true", help="collect from finished runs only")
     parser.add_argument("--detectron2-src", default="", metavar="DIR",
-                        help="a Detectron2 source tree built with its _C, for the runs that need it (--set rotated)")
+                        help="a Detectron2 source tree built with its _C, for the runs that need it "
+                        "(--set rotated)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides for every run")
     args = parser.parse_args(argv)
     spec = SETS[args.set]
     src = os.path.abspath(args.detectron2_src) if args.detectron2_src else ""
     if spec["compiled"] and not args.skip_training:
         if not src or not list(Path(src, "detectron2").glob("_C*.so")):
-            print(f"run_twins.py: error: --set {args.set} trains {', '.join(spec['compiled'])} with Detectron2's "
-                  f"compiled _C: give --detectron2-src DIR, a source tree built with `python setup.py build_ext "
-                  f"--inplace` (docs/testing.md){f'; {src}/detectron2 has no _C*.so' if src else ''}", file=sys.stderr)
+            missing = f"; {src}/detectron2 has no _C*.so" if src else ""
+            print(f"run_twins.py: error: --set {args.set} trains {', '.join(spec['compiled'])} with "
+                  f"Detectron2's compiled _C: give --detectron2-src DIR, a source tree built with "
+                  f"`python setup.py build_ext --inplace` (docs/testing.md){missing}", file=sys.stderr)
             return 2
     runs = {}
     for name, config in spec["runs"].items():
@@ -180,7 +188,8 @@ def main(argv=None):
             cmd = [sys.executable, str(REPO / "tools" / "train_net.py"), "--config-file", config, *args.opts]
             env = dict(os.environ)
             if compiled:
-                env["PYTHONPATH"] = os.pathsep.join([src, str(REPO)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+                paths = [src, str(REPO)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+                env["PYTHONPATH"] = os.pathsep.join(paths)
             print("+", f"PYTHONPATH={env['PYTHONPATH']} " if compiled else "", " ".join(cmd), flush=True)
             subprocess.run(cmd, cwd=REPO, check=True, env=env)
         out_dir = _output_dir(config, args.opts)
