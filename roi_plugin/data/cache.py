@@ -183,7 +183,8 @@ def ensure_split(ds: GeneratedDataset, split: str, root: Optional[Path] = None) 
                 return directory
             if directory.exists():
                 logger.warning(f"Rebuilding the {ds.name} '{split}' cache at {directory}: {reason}")
-            logger.info(f"Generating the {ds.name} '{split}' split ({ds.splits[split][0]} images) into {directory}")
+            logger.info(f"Generating the {ds.name} '{split}' split ({ds.splits[split][0]} images) "
+                        f"into {directory}")
             directory.parent.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(prefix=f".{split}.tmp-", dir=directory.parent))
             try:

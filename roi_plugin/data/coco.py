@@ -24,8 +24,8 @@ import os
 from dataclasses import dataclass
 from typing import Dict, List
 
-__all__ = ["CocoDatasetError", "CocoSummary", "parse_dataset_spec", "check_coco_json", "load_rotated_coco_json",
-           "register_coco_dataset", "registered_coco_summary"]
+__all__ = ["CocoDatasetError", "CocoSummary", "parse_dataset_spec", "check_coco_json",
+           "load_rotated_coco_json", "register_coco_dataset", "registered_coco_summary"]
 
 SPEC_FORMAT = "NAME:ANNOTATIONS_JSON:IMAGE_DIR"
 # bbox length -> what it holds, as the messages name it
@@ -125,14 +125,16 @@ def check_coco_json(json_file: str, image_root: str) -> CocoSummary:
             raise CocoDatasetError(f"{json_file}: {_entry('annotations', i, a)} has image_id "
                                    f"{a['image_id']!r}, not in images")
         b = a["bbox"]
-        numbers = isinstance(b, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in b)
+        numbers = isinstance(b, list) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in b)
         if box_len is None and numbers and len(b) in _BOX_FORMS:
             box_len, first_box = len(b), i  # the first box says whether the file is rotated
         if not numbers or len(b) != (box_len or 4):
             if numbers and len(b) in _BOX_FORMS:
-                raise CocoDatasetError(f"{json_file}: {_entry('annotations', i, a)} bbox {b!r} has {len(b)} "
-                                       f"numbers but annotations[{first_box}] has {box_len}: a file holds "
-                                       f"upright ({_BOX_FORMS[4]}) or rotated ({_BOX_FORMS[5]}) boxes, not both")
+                raise CocoDatasetError(
+                    f"{json_file}: {_entry('annotations', i, a)} bbox {b!r} has {len(b)} numbers but "
+                    f"annotations[{first_box}] has {box_len}: a file holds upright ({_BOX_FORMS[4]}) or "
+                    f"rotated ({_BOX_FORMS[5]}) boxes, not both")
             forms = " or ".join(_BOX_FORMS.values()) if box_len is None else _BOX_FORMS[box_len]
             raise CocoDatasetError(f"{json_file}: {_entry('annotations', i, a)} bbox {b!r} is not {forms}")
         if not all(math.isfinite(v) for v in b) or b[2] < 0 or b[3] < 0:

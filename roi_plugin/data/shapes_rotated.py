@@ -122,7 +122,8 @@ def _draw_size(rng: np.random.Generator, cls: str) -> Tuple[float, float]:
     return long, short
 
 
-def generate_rotated_image(seed_seq, height: int = IMAGE_SIZE, width: int = IMAGE_SIZE, return_masks: bool = False):
+def generate_rotated_image(seed_seq, height: int = IMAGE_SIZE, width: int = IMAGE_SIZE,
+                           return_masks: bool = False):
     """Draw one image and its rotated boxes, deterministically from ``seed_seq``.
 
     Args:
@@ -147,7 +148,8 @@ def generate_rotated_image(seed_seq, height: int = IMAGE_SIZE, width: int = IMAG
         corners = _to_image(_outline(rng, "rectangle", long, short), cx, cy, angle)
         if corners.min() < 1.0 or corners[:, 0].max() > w - 1.0 or corners[:, 1].max() > h - 1.0:
             return False
-        keep_out = _fill_convex(_to_image(_outline(rng, "rectangle", long + 2 * GAP, short + 2 * GAP), cx, cy, angle), h, w)
+        grown = _outline(rng, "rectangle", long + 2 * GAP, short + 2 * GAP)
+        keep_out = _fill_convex(_to_image(grown, cx, cy, angle), h, w)
         if (keep_out & occupied).any():
             return False
         mask = _fill_convex(_to_image(_outline(rng, name, long, short), cx, cy, angle), h, w)
@@ -172,7 +174,8 @@ def generate_rotated_image(seed_seq, height: int = IMAGE_SIZE, width: int = IMAG
         for j in range(k):
             off = (j - (k - 1) / 2) * step
             scale = rng.uniform(0.92, 1.0)  # members differ a little, as parked cars do
-            try_place(cls, [x0 + off * math.sin(t), y0 + off * math.cos(t), long * scale, short * scale, angle])
+            centre = [x0 + off * math.sin(t), y0 + off * math.cos(t)]
+            try_place(cls, [*centre, long * scale, short * scale, angle])
         n_objects -= min(k, n_objects - 1)
     for _ in range(n_objects):
         for _attempt in range(20):
@@ -213,7 +216,8 @@ def generate_rotated_image(seed_seq, height: int = IMAGE_SIZE, width: int = IMAG
 # ---------------------------------------------------------------------------------------------
 def _dataset() -> GeneratedDataset:
     """This generator as the cache sees it, read at call time (tests shrink ``SPLITS``)."""
-    return GeneratedDataset("shapes_rotated", GENERATOR_VERSION, SPLITS, generate_rotated_image, ROTATED_CLASSES)
+    return GeneratedDataset("shapes_rotated", GENERATOR_VERSION, SPLITS, generate_rotated_image,
+                            ROTATED_CLASSES)
 
 
 def ensure_rotated_split(split: str, root: Optional[Path] = None) -> Path:

@@ -18,7 +18,12 @@ from tabulate import tabulate
 import detectron2.utils.comm as comm
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
-from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_test_loader, build_detection_train_loader
+from detectron2.data import (
+    DatasetCatalog,
+    MetadataCatalog,
+    build_detection_test_loader,
+    build_detection_train_loader,
+)
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, create_ddp_model, default_setup
 from detectron2.engine.train_loop import TrainerBase
 from detectron2.evaluation import COCOEvaluator, RotatedCOCOEvaluator
@@ -91,7 +96,8 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
         if is_rotated_model(cfg):
-            return build_detection_test_loader(cfg, dataset_name, mapper=RotatedDatasetMapper(cfg, is_train=False))
+            mapper = RotatedDatasetMapper(cfg, is_train=False)
+            return build_detection_test_loader(cfg, dataset_name, mapper=mapper)
         return super().build_test_loader(cfg, dataset_name)
 
 
@@ -144,16 +150,16 @@ def check_cfg(cfg, datasets=None):
         if mode is not None and (mode == "XYWHA_ABS") != is_rotated_model(cfg):
             summary = registered_coco_summary(name)
             where = f" in {summary.json_file}" if summary else ""
+            model = (f"MODEL.PROPOSAL_GENERATOR.NAME {cfg.MODEL.PROPOSAL_GENERATOR.NAME}, "
+                     f"MODEL.ROI_HEADS.NAME {cfg.MODEL.ROI_HEADS.NAME}")
             if mode == "XYWHA_ABS":
                 raise UserError(
-                    f"dataset {name!r} has rotated boxes (bbox [x_ctr, y_ctr, width, height, angle]){where}, but the "
-                    f"model is upright (MODEL.PROPOSAL_GENERATOR.NAME {cfg.MODEL.PROPOSAL_GENERATOR.NAME}, "
-                    f"MODEL.ROI_HEADS.NAME {cfg.MODEL.ROI_HEADS.NAME}); train it with a rotated config such as "
+                    f"dataset {name!r} has rotated boxes (bbox [x_ctr, y_ctr, width, height, angle]){where}, "
+                    f"but the model is upright ({model}); train it with a rotated config such as "
                     f"configs/rotated/rrcnn_R_18_FPN_plugin.yaml")
             raise UserError(
-                f"dataset {name!r} has upright boxes (bbox [x, y, width, height]){where}, but the model is rotated "
-                f"(MODEL.PROPOSAL_GENERATOR.NAME {cfg.MODEL.PROPOSAL_GENERATOR.NAME}, MODEL.ROI_HEADS.NAME "
-                f"{cfg.MODEL.ROI_HEADS.NAME}); use an upright config, or give each bbox as "
+                f"dataset {name!r} has upright boxes (bbox [x, y, width, height]){where}, but the model is "
+                f"rotated ({model}); use an upright config, or give each bbox as "
                 f"[x_ctr, y_ctr, width, height, angle]")
         summary = registered_coco_summary(name)
         if summary is not None and cfg.MODEL.MASK_ON:
