@@ -8,7 +8,8 @@
 
 --input takes image files, folders and globs ("photos/*.jpg"). --output gets one picture per
 image (Detectron2's Visualizer: boxes, classes, scores, masks) and detections.json (per image:
-XYXY boxes, classes, scores, COCO RLE masks). Unreadable images are skipped with a warning and
+boxes, classes, scores, COCO RLE masks; boxes are x1, y1, x2, y2, or for a rotated model such as
+configs/rotated/rrcnn_R_18_FPN_plugin.yaml x_ctr, y_ctr, w, h, angle, as its "box_mode" says). Unreadable images are skipped with a warning and
 counted at the end; the exit status is 1 when none could be read, 2 on a bad command line.
 A model trained with --dataset gets its class names from the same --dataset argument.
 """

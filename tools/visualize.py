@@ -7,7 +7,12 @@
 - ``loss_curves.png``: the losses and learning rate logged in ``metrics.json``;
 - ``roi_crops.png``: the inspection view: for a few ROIs, the image crop, then the
   mean-over-channels of the 7x7 box-pooler and the 14x14 mask-pooler outputs, with the FPN
-  level each ROI was assigned to.
+  level each ROI was assigned to. For a rotated model the ROIs are rotated ground-truth boxes
+  and the crop is straightened (turned by minus the box's angle), as the rotated pooler samples
+  it: the box's width runs along the crop's x axis.
+
+Rotated models (boxes ``x_ctr, y_ctr, w, h, angle``) are drawn with Detectron2's
+``Visualizer`` too, which draws rotated boxes (the dashed side is the box's left side).
 
     python tools/visualize.py --run output/shapes_mask_rcnn_plugin
 """
@@ -29,7 +34,7 @@ from detectron2.config import get_cfg  # noqa: E402
 from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
 from detectron2.data.detection_utils import read_image  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
-from detectron2.structures import Boxes  # noqa: E402
+from detectron2.structures import Boxes, BoxMode, RotatedBoxes  # noqa: E402
 from detectron2.utils.visualizer import Visualizer  # noqa: E402
 
 import roi_plugin  # noqa: E402
@@ -94,14 +99,34 @@ def draw_loss_curves(metrics_path, path):
     plt.close(fig)
 
 
+def _crop(image, box):
+    """The pixels of an upright box ``x1, y1, x2, y2``, or of a rotated box ``x_ctr, y_ctr, w, h,
+    angle`` straightened: the image turned by minus the box's angle (counter-clockwise degrees)
+    about its centre, so that the box's width runs along x."""
+    if len(box) == 4:
+        x0, y0, x1, y1 = (int(round(v)) for v in box)
+        return image[max(y0, 0):max(y1, y0 + 1), max(x0, 0):max(x1, x0 + 1)]
+    import cv2
+
+    cx, cy, w, h, angle = box
+    m = cv2.getRotationMatrix2D((cx, cy), -angle, 1.0)  # cv2: positive = counter-clockwise on screen
+    m[:, 2] += (w / 2 - cx, h / 2 - cy)
+    return cv2.warpAffine(np.ascontiguousarray(image), m, (max(int(round(w)), 1), max(int(round(h)), 1)))
+
+
 def draw_roi_crops(cfg, model, records, path, num_rois=6):
     """Mean-over-channels 7x7 (box pooler) and 14x14 (mask pooler) crops of ROIs of varied size."""
     # Ground-truth boxes from the first images, spread over sizes so several FPN levels show.
     cands = []
     for rec in records:
         for a in rec["annotations"]:
-            x, y, w, h = a["bbox"]
-            cands.append((float(np.sqrt(w * h)), rec, [x, y, x + w, y + h], a["category_id"]))
+            if len(a["bbox"]) == 5:  # rotated: x_ctr, y_ctr, w, h, angle
+                box = list(a["bbox"])
+                size = float(np.sqrt(box[2] * box[3]))
+            else:
+                box = BoxMode.convert(list(a["bbox"]), a["bbox_mode"], BoxMode.XYXY_ABS)
+                size = float(np.sqrt((box[2] - box[0]) * (box[3] - box[1])))
+            cands.append((size, rec, box, a["category_id"]))
     cands.sort(key=lambda c: c[0])
     picks = [cands[int(i)] for i in np.linspace(0, len(cands) - 1, min(num_rois, len(cands)))]
     box_pooler = model.roi_heads.box_pooler
@@ -117,15 +142,15 @@ def draw_roi_crops(cfg, model, records, path, num_rois=6):
             images = model.preprocess_image([inp])
             feats = model.backbone(images.tensor)
             feats = [feats[f] for f in in_features]
-            boxes = [Boxes(torch.tensor([box], dtype=torch.float32))]
+            box_type = RotatedBoxes if len(box) == 5 else Boxes
+            boxes = [box_type(torch.tensor([box], dtype=torch.float32))]
             crops = [box_pooler(feats, boxes)]
             if mask_pooler is not None:
                 crops.append(mask_pooler(feats, boxes))
         level = box_pooler.min_level + int(roi_plugin.assign_boxes_to_levels(
             boxes[0].tensor, box_pooler.min_level, box_pooler.max_level,
             box_pooler.canonical_box_size, box_pooler.canonical_level)[0])
-        x0, y0, x1, y1 = (int(round(v)) for v in box)
-        axes[0, j].imshow(_rgb(cfg, image)[y0:max(y1, y0 + 1), x0:max(x1, x0 + 1)])
+        axes[0, j].imshow(_crop(_rgb(cfg, image), box))
         axes[0, j].set_title(f"{names[cls]} {size:.0f}px -> P{level}", fontsize=8)
         for i, c in enumerate(crops, start=1):
             m = c[0].mean(dim=0).numpy()

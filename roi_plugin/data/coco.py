@@ -5,22 +5,31 @@ after checking it, so that training never starts on input that would fail later.
 The checks read the JSON once and stat every image (no decoding): the file exists and parses,
 ``images`` / ``annotations`` / ``categories`` are lists of objects with the keys Detectron2's
 ``load_coco_json`` reads, every listed image is a file under IMAGE_DIR, every annotation
-points at a listed image and a listed category and has a 4-number ``bbox``. Each problem is a
+points at a listed image and a listed category and has a ``bbox`` of 4 numbers
+``[x, y, width, height]`` (upright) or of 5 numbers ``[x_ctr, y_ctr, width, height, angle]``
+(rotated: Detectron2's ``BoxMode.XYWHA_ABS``, angle in degrees, counter-clockwise), the same
+in every annotation of a file, with finite values and no negative side. Each problem is a
 :class:`CocoDatasetError` whose message is one line naming the file and the entry.
 
-Registration is Detectron2's ``register_coco_instances`` (boxes; masks when the annotations have
-``segmentation``), plus ``thing_classes`` set up front from ``categories`` (sorted by id, as
-``load_coco_json`` does), so the class count is known before any data is loaded.
+Registration of upright boxes is Detectron2's ``register_coco_instances`` (boxes; masks when
+the annotations have ``segmentation``); of rotated boxes the same with
+:func:`load_rotated_coco_json` as the loader. Both set ``thing_classes`` up front from
+``categories`` (sorted by id, as ``load_coco_json`` does), so the class count is known before
+any data is loaded, and ``bbox_mode`` ("XYWH_ABS" or "XYWHA_ABS"), which the config checks match
+against the model.
 """
 import json
+import math
 import os
 from dataclasses import dataclass
 from typing import Dict, List
 
 __all__ = ["CocoDatasetError", "CocoSummary", "parse_dataset_spec", "check_coco_json",
-           "register_coco_dataset", "registered_coco_summary"]
+           "load_rotated_coco_json", "register_coco_dataset", "registered_coco_summary"]
 
 SPEC_FORMAT = "NAME:ANNOTATIONS_JSON:IMAGE_DIR"
+# bbox length -> what it holds, as the messages name it
+_BOX_FORMS = {4: "[x, y, width, height]", 5: "[x_ctr, y_ctr, width, height, angle]"}
 
 
 class CocoDatasetError(ValueError):
@@ -36,6 +45,7 @@ class CocoSummary:
     thing_classes: List[str]  # category names, sorted by category id
     has_segmentation: bool  # some annotation has a non-empty "segmentation"
     has_rle: bool  # some segmentation is RLE (needs INPUT.MASK_FORMAT bitmask)
+    rotated: bool = False  # bboxes are [x_ctr, y_ctr, w, h, angle] (BoxMode.XYWHA_ABS)
 
 
 # name -> summary of what --dataset registered in this process.
@@ -103,6 +113,7 @@ def check_coco_json(json_file: str, image_root: str) -> CocoSummary:
                                    f"not found in {image_root}")
         image_ids.add(im["id"])
     has_segm = has_rle = False
+    box_len = first_box = None
     for i, a in enumerate(data["annotations"]):
         need("annotations", i, a, ("image_id", "category_id", "bbox"))
         if a["category_id"] not in cat_names:
@@ -114,9 +125,21 @@ def check_coco_json(json_file: str, image_root: str) -> CocoSummary:
             raise CocoDatasetError(f"{json_file}: {_entry('annotations', i, a)} has image_id "
                                    f"{a['image_id']!r}, not in images")
         b = a["bbox"]
-        if not (isinstance(b, list) and len(b) == 4 and all(isinstance(v, (int, float)) for v in b)):
-            raise CocoDatasetError(f"{json_file}: {_entry('annotations', i, a)} bbox {b!r} is not "
-                                   f"[x, y, width, height]")
+        numbers = isinstance(b, list) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in b)
+        if box_len is None and numbers and len(b) in _BOX_FORMS:
+            box_len, first_box = len(b), i  # the first box says whether the file is rotated
+        if not numbers or len(b) != (box_len or 4):
+            if numbers and len(b) in _BOX_FORMS:
+                raise CocoDatasetError(
+                    f"{json_file}: {_entry('annotations', i, a)} bbox {b!r} has {len(b)} numbers but "
+                    f"annotations[{first_box}] has {box_len}: a file holds upright ({_BOX_FORMS[4]}) or "
+                    f"rotated ({_BOX_FORMS[5]}) boxes, not both")
+            forms = " or ".join(_BOX_FORMS.values()) if box_len is None else _BOX_FORMS[box_len]
+            raise CocoDatasetError(f"{json_file}: {_entry('annotations', i, a)} bbox {b!r} is not {forms}")
+        if not all(math.isfinite(v) for v in b) or b[2] < 0 or b[3] < 0:
+            raise CocoDatasetError(f"{json_file}: {_entry('annotations', i, a)} bbox {b!r} has a non-finite "
+                                   f"value or a negative width or height")
         segm = a.get("segmentation")
         if segm:
             has_segm = True
@@ -125,8 +148,23 @@ def check_coco_json(json_file: str, image_root: str) -> CocoSummary:
         json_file=json_file, image_root=image_root, num_images=len(data["images"]),
         num_annotations=len(data["annotations"]),
         thing_classes=[cat_names[k] for k in sorted(cat_names)],
-        has_segmentation=has_segm, has_rle=has_rle,
+        has_segmentation=has_segm, has_rle=has_rle, rotated=box_len == 5,
     )
+
+
+def load_rotated_coco_json(json_file: str, image_root: str, dataset_name=None):
+    """Detectron2's ``load_coco_json`` for a file of rotated boxes: it marks every box
+    ``BoxMode.XYWH_ABS``, so the 5-number ones are re-marked ``BoxMode.XYWHA_ABS``
+    ([x_ctr, y_ctr, w, h, angle]); everything else is Detectron2's."""
+    from detectron2.data.datasets import load_coco_json
+    from detectron2.structures import BoxMode
+
+    dicts = load_coco_json(json_file, image_root, dataset_name)
+    for record in dicts:
+        for obj in record.get("annotations", ()):
+            if len(obj.get("bbox", ())) == 5:
+                obj["bbox_mode"] = BoxMode.XYWHA_ABS
+    return dicts
 
 
 def register_coco_dataset(spec: str) -> CocoSummary:
@@ -144,8 +182,13 @@ def register_coco_dataset(spec: str) -> CocoSummary:
     if name in DatasetCatalog.list():
         raise CocoDatasetError(f"--dataset {spec!r}: the name {name!r} is already registered; choose another NAME")
     summary = check_coco_json(json_file, image_root)
-    register_coco_instances(name, {}, json_file, image_root)
-    MetadataCatalog.get(name).set(thing_classes=list(summary.thing_classes))
+    if summary.rotated:
+        DatasetCatalog.register(name, lambda: load_rotated_coco_json(json_file, image_root, name))
+        MetadataCatalog.get(name).set(json_file=json_file, image_root=image_root, evaluator_type="coco")
+    else:
+        register_coco_instances(name, {}, json_file, image_root)
+    MetadataCatalog.get(name).set(thing_classes=list(summary.thing_classes),
+                                  bbox_mode="XYWHA_ABS" if summary.rotated else "XYWH_ABS")
     _REGISTERED[name] = summary
     return summary
 

@@ -17,25 +17,21 @@ committed. Generation is
 deterministic (one seeded RNG per image), takes seconds, and is atomic: a split is written
 into a temporary directory, a ``MANIFEST.json`` with the SHA-256 of every file is written
 last, and the directory is renamed into place. On load the manifest is checked against the
-files; a cache that is incomplete, corrupt or of another generator version is rebuilt.
+files; a cache that is incomplete, corrupt or of another generator version is rebuilt (the
+cache is :mod:`roi_plugin.data.cache`, shared with the rotated shapes of :mod:`.shapes_rotated`).
 """
 import colorsys
-import contextlib
-import fcntl
-import hashlib
-import json
 import logging
 import math
-import multiprocessing
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 import contourpy
 import numpy as np
 from PIL import Image, ImageDraw
+
+from .cache import ENV_VAR  # noqa: F401  (shapes.ENV_VAR still names the variable)
+from .cache import GeneratedDataset, dataset_root, ensure_split, split_dir, verify_split
 
 __all__ = [
     "SHAPES_CLASSES",
@@ -61,21 +57,12 @@ MIN_OBJECT_SIZE, MAX_OBJECT_SIZE = 16.0, 224.0
 LARGE_OBJECT_PROB = 0.15
 # An object stays annotated only while at least this fraction of it is visible.
 MIN_VISIBLE_FRACTION = 0.6
-ENV_VAR = "ROI_PLUGIN_DATASETS"
 
 
 def shapes_root() -> Path:
     """The cache directory: ``$ROI_PLUGIN_DATASETS``, or ``datasets/`` under the current working
-    directory, as an absolute path (fixed when a split is registered). Never derived from where
-    the package is installed, which may be a read-only site-packages."""
-    env = os.environ.get(ENV_VAR)
-    if env:
-        return Path(env).expanduser().absolute()
-    return Path.cwd() / "datasets"
-
-
-def _split_dir(root: Path, split: str) -> Path:
-    return root / f"shapes_v{GENERATOR_VERSION}" / split
+    directory, as an absolute path (:func:`roi_plugin.data.cache.dataset_root`)."""
+    return dataset_root()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -285,101 +272,20 @@ def generate_shapes_image(seed_seq, height: int = IMAGE_SIZE, width: int = IMAGE
 
 
 # ---------------------------------------------------------------------------------------------
-# Cache: generate, verify, rebuild
+# Cache: generate, verify, rebuild (roi_plugin.data.cache)
 # ---------------------------------------------------------------------------------------------
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+def _dataset() -> GeneratedDataset:
+    """This generator as the cache sees it, read at call time (tests shrink ``SPLITS``)."""
+    return GeneratedDataset("shapes", GENERATOR_VERSION, SPLITS, generate_shapes_image, SHAPES_CLASSES)
 
 
-def _write_image(job):
-    out_dir, split, seed, idx = job
-    image, annos = generate_shapes_image([seed, idx])
-    file_name = f"{split}_{idx:05d}.png"
-    Image.fromarray(image).save(out_dir / "images" / file_name, compress_level=1)
-    return file_name, image.shape[:2], annos
-
-
-def _write_split(out_dir: Path, split: str, num_images: int, seed: int) -> None:
-    """Generate a split into ``out_dir`` (images/, annotations.json, MANIFEST.json last)."""
-    (out_dir / "images").mkdir(parents=True)
-    jobs = [(out_dir, split, seed, idx) for idx in range(num_images)]
-    workers = min(len(os.sched_getaffinity(0)), 8)
-    if workers > 1:
-        # Each image has its own seed, so the result does not depend on the worker count.
-        with multiprocessing.get_context("fork").Pool(workers) as pool:
-            results = pool.map(_write_image, jobs, chunksize=16)
-    else:
-        results = [_write_image(j) for j in jobs]
-    images, annotations = [], []
-    for idx, (file_name, (height, width), annos) in enumerate(results):
-        images.append({"id": idx + 1, "file_name": file_name, "height": height, "width": width})
-        for a in annos:
-            a = dict(a, id=len(annotations) + 1, image_id=idx + 1, category_id=a["category_id"] + 1)
-            annotations.append(a)
-    coco = {
-        "info": {"description": f"roi_plugin synthetic shapes, {split}", "version": GENERATOR_VERSION},
-        "images": images,
-        "annotations": annotations,
-        # COCO ids are 1-based; load_coco_json maps them to contiguous 0-based ids.
-        "categories": [{"id": i + 1, "name": n} for i, n in enumerate(SHAPES_CLASSES)],
-    }
-    with open(out_dir / "annotations.json", "w") as f:
-        json.dump(coco, f)
-    files = sorted(str(p.relative_to(out_dir)) for p in out_dir.rglob("*") if p.is_file())
-    manifest = {
-        "generator_version": GENERATOR_VERSION,
-        "split": split,
-        "num_images": num_images,
-        "seed": seed,
-        "files": {name: _sha256(out_dir / name) for name in files},
-    }
-    # Written last: a split without a complete manifest is by definition half-written.
-    with open(out_dir / "MANIFEST.json", "w") as f:
-        json.dump(manifest, f, indent=0, sort_keys=True)
+def _split_dir(root: Path, split: str) -> Path:
+    return split_dir(_dataset(), root, split)
 
 
 def verify_shapes_split(split_dir: Path, split: str) -> Optional[str]:
     """Why the cached split is unusable (a short reason), or None if it is complete and intact."""
-    manifest_path = split_dir / "MANIFEST.json"
-    if not manifest_path.is_file():
-        return "no MANIFEST.json (missing or half-written)"
-    try:
-        with open(manifest_path) as f:
-            manifest = json.load(f)
-    except (OSError, ValueError) as e:
-        return f"unreadable MANIFEST.json ({e})"
-    num_images, seed = SPLITS[split]
-    expected = {"generator_version": GENERATOR_VERSION, "split": split, "num_images": num_images,
-                "seed": seed}
-    for k, v in expected.items():
-        if manifest.get(k) != v:
-            return f"MANIFEST.json has {k}={manifest.get(k)!r}, expected {v!r}"
-    files = manifest.get("files", {})
-    if len(files) != num_images + 1:
-        return f"MANIFEST.json lists {len(files)} files, expected {num_images + 1}"
-    on_disk = {str(p.relative_to(split_dir)) for p in split_dir.rglob("*") if p.is_file()}
-    if on_disk - {"MANIFEST.json"} != set(files):
-        return "files on disk differ from MANIFEST.json"
-    for name, digest in files.items():
-        if _sha256(split_dir / name) != digest:
-            return f"{name} does not match its SHA-256 in MANIFEST.json"
-    return None
-
-
-@contextlib.contextmanager
-def _locked(root: Path):
-    """An exclusive lock on the cache dir, so concurrent processes (DDP ranks) generate once."""
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".shapes.lock", "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    return verify_split(_dataset(), split_dir, split)
 
 
 def ensure_shapes_split(split: str, root: Optional[Path] = None) -> Path:
@@ -391,37 +297,7 @@ def ensure_shapes_split(split: str, root: Optional[Path] = None) -> Path:
     Returns:
         the split directory, holding ``images/`` and ``annotations.json``.
     """
-    if split not in SPLITS:
-        raise ValueError(f"unknown shapes split {split!r}; expected one of {sorted(SPLITS)}")
-    root = Path(root) if root is not None else shapes_root()
-    split_dir = _split_dir(root, split)
-    try:
-        with _locked(root):
-            reason = verify_shapes_split(split_dir, split) if split_dir.exists() else "not generated yet"
-            if reason is None:
-                return split_dir
-            if split_dir.exists():
-                logger.warning(f"Rebuilding the shapes '{split}' cache at {split_dir}: {reason}")
-            num_images, seed = SPLITS[split]
-            logger.info(f"Generating the shapes '{split}' split ({num_images} images) into {split_dir}")
-            split_dir.parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(prefix=f".{split}.tmp-", dir=split_dir.parent))
-            try:
-                _write_split(tmp, split, num_images, seed)
-                if split_dir.exists():
-                    stale = Path(tempfile.mkdtemp(prefix=f".{split}.stale-", dir=split_dir.parent))
-                    os.replace(split_dir, stale / "old")
-                    shutil.rmtree(stale)
-                os.replace(tmp, split_dir)  # atomic: readers see the old dir or the complete new one
-            finally:
-                if tmp.exists():
-                    shutil.rmtree(tmp)
-            return split_dir
-    except OSError as e:
-        raise OSError(
-            f"cannot write the shapes dataset cache under {root} ({e.strerror or e}); "
-            f"set ${ENV_VAR} to a writable directory"
-        ) from e
+    return ensure_split(_dataset(), split, root)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -451,6 +327,7 @@ def register_shapes_instances(name: str, split: str, root: Optional[Path] = None
         json_file=str(split_dir / "annotations.json"),
         image_root=str(split_dir / "images"),
         evaluator_type="coco",
+        bbox_mode="XYWH_ABS",  # roi_plugin: what the config checks match against the model
         thing_classes=list(SHAPES_CLASSES),
     )
 

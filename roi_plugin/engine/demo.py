@@ -3,9 +3,10 @@
 
 The library half of tools/demo.py (Detectron2's demo/demo.py for images, which is not part of
 a pip-installed detectron2): :func:`collect_images` expands files, folders and globs;
-:func:`draw_instances` draws predictions with Detectron2's ``Visualizer`` (boxes, classes,
-scores, masks; tools/visualize.py draws with it too); :func:`instances_to_json` turns one
-image's ``Instances`` into JSON (XYXY boxes, class ids and names, scores, COCO RLE masks);
+:func:`draw_instances` draws predictions with Detectron2's ``Visualizer`` (boxes, rotated
+boxes, classes, scores, masks; tools/visualize.py draws with it too); :func:`instances_to_json`
+turns one image's ``Instances`` into JSON (boxes: XYXY, or for a rotated model
+``x_ctr, y_ctr, w, h, angle``; class ids and names, scores, COCO RLE masks);
 :func:`run_demo` runs Detectron2's ``DefaultPredictor`` (resize to the test size, the model,
 boxes back in input pixels) over the images, skipping unreadable ones with a warning.
 """
@@ -49,13 +50,16 @@ def draw_instances(image_rgb: np.ndarray, instances, metadata) -> np.ndarray:
 
 
 def instances_to_json(instances, class_names=None) -> Dict:
-    """One image's predictions as plain JSON: ``boxes`` (XYXY, input pixels), ``classes``
-    (contiguous ids), ``class_names``, ``scores`` and, for mask models, ``masks`` as COCO RLE
-    (``{"size": [h, w], "counts": str}``, decode with ``pycocotools.mask.decode``)."""
+    """One image's predictions as plain JSON: ``boxes`` (input pixels: ``x1, y1, x2, y2``, or for
+    a rotated model ``x_ctr, y_ctr, w, h, angle`` with the angle in degrees, counter-clockwise;
+    ``run_demo`` records which as ``box_mode``), ``classes`` (contiguous ids), ``class_names``,
+    ``scores`` and, for mask models, ``masks`` as COCO RLE (``{"size": [h, w], "counts": str}``,
+    decode with ``pycocotools.mask.decode``)."""
     inst = instances.to("cpu")
     classes = inst.pred_classes.tolist()
+    digits = [2, 2, 2, 2, 3][: inst.pred_boxes.tensor.shape[1]]  # px to 0.01, angles to 0.001 degree
     out = {
-        "boxes": [[round(float(v), 2) for v in b] for b in inst.pred_boxes.tensor.tolist()],
+        "boxes": [[round(float(v), d) for v, d in zip(b, digits)] for b in inst.pred_boxes.tensor.tolist()],
         "classes": classes,
         "class_names": [class_names[c] if class_names and c < len(class_names) else str(c) for c in classes],
         "scores": [round(float(s), 5) for s in inst.scores.tolist()],
@@ -88,14 +92,17 @@ def run_demo(cfg, paths: Sequence[str], output_dir: str, progress: bool = True) 
             MODEL.ROI_HEADS.SCORE_THRESH_TEST; class names come from DATASETS.TEST[0].
         output_dir: created if needed; gets one picture per readable image and detections.json.
     Returns:
-        what was written to detections.json: ``images`` (one entry per readable image) and
-        ``skipped`` (``file`` and ``reason`` per unreadable one).
+        what was written to detections.json: ``images`` (one entry per readable image),
+        ``skipped`` (``file`` and ``reason`` per unreadable one) and ``box_mode`` (how the boxes
+        read, ``XYXY_ABS`` or, for a rotated model, ``XYWHA_ABS``).
     """
     import cv2
     from detectron2.data import MetadataCatalog
     from detectron2.data.detection_utils import read_image
     from detectron2.engine import DefaultPredictor
     from tqdm import tqdm
+
+    from .train import is_rotated_model
 
     predictor = DefaultPredictor(cfg)
     metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) else "__unused")
@@ -121,6 +128,9 @@ def run_demo(cfg, paths: Sequence[str], output_dir: str, progress: bool = True) 
         "config_weights": cfg.MODEL.WEIGHTS,
         "score_threshold": cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST,
         "thing_classes": list(class_names) if class_names else None,
+        # how "boxes" read: Detectron2's BoxMode "XYXY_ABS" (x1, y1, x2, y2) or, for a rotated
+        # model, "XYWHA_ABS" (x_ctr, y_ctr, w, h, angle in degrees, counter-clockwise)
+        "box_mode": "XYWHA_ABS" if is_rotated_model(cfg) else "XYXY_ABS",
         "images": images,
         "skipped": skipped,
     }

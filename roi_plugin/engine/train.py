@@ -1,7 +1,9 @@
 # Copyright (c) roi_plugin authors. Licensed under the Apache License 2.0.
 """What tools/train_net.py and tools/demo.py share: the config built and checked with one-line
 errors (:class:`UserError`), ``--dataset`` registration, and a ``DefaultTrainer`` with COCO
-evaluation whose DDP wrap also works on CPU.
+evaluation whose DDP wrap also works on CPU. A rotated model (RRPN or rotated ROI heads,
+:func:`is_rotated_model`) trains on :class:`~roi_plugin.data.RotatedDatasetMapper`'s rotated
+boxes and is evaluated by Detectron2's ``RotatedCOCOEvaluator`` (box AP with rotated IoU).
 
 Every check here runs before any model is built, so a bad command line costs seconds and
 prints one line, never a traceback after minutes of training.
@@ -16,27 +18,45 @@ from tabulate import tabulate
 import detectron2.utils.comm as comm
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
-from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data import (
+    DatasetCatalog,
+    MetadataCatalog,
+    build_detection_test_loader,
+    build_detection_train_loader,
+)
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, create_ddp_model, default_setup
 from detectron2.engine.train_loop import TrainerBase
-from detectron2.evaluation import COCOEvaluator
+from detectron2.evaluation import COCOEvaluator, RotatedCOCOEvaluator
 from detectron2.modeling import ROI_HEADS_REGISTRY
 from detectron2.modeling.roi_heads import ROI_BOX_HEAD_REGISTRY, ROI_MASK_HEAD_REGISTRY
+from detectron2.modeling.roi_heads.rotated_fast_rcnn import RROIHeads
 from detectron2.utils.logger import setup_logger
 
 from ..config import add_roi_plugin_config
 from ..data.coco import SPEC_FORMAT, CocoDatasetError, register_coco_dataset, registered_coco_summary
+from ..data.rotated_mapper import RotatedDatasetMapper
 
 __all__ = ["UserError", "Trainer", "load_cfg", "register_datasets", "check_cfg", "build_cfg", "setup",
-           "results_summary"]
+           "results_summary", "is_rotated_model"]
 
 
 class UserError(Exception):
     """A problem with the command line, config or data, reported as one line without a traceback."""
 
 
+def is_rotated_model(cfg) -> bool:
+    """Whether the model of ``cfg`` takes rotated ground truth (``RotatedBoxes``): RRPN proposals
+    or rotated ROI heads (``RROIHeads`` and its subclasses, such as ``PluginRROIHeads``)."""
+    if cfg.MODEL.PROPOSAL_GENERATOR.NAME == "RRPN":
+        return True
+    name = cfg.MODEL.ROI_HEADS.NAME
+    heads = ROI_HEADS_REGISTRY.get(name) if name in ROI_HEADS_REGISTRY else None
+    return isinstance(heads, type) and issubclass(heads, RROIHeads)
+
+
 class Trainer(DefaultTrainer):
-    """DefaultTrainer with COCO evaluation (bbox + segm) and DDP that also works on CPU."""
+    """DefaultTrainer with COCO evaluation (bbox + segm; rotated box AP for rotated models), rotated
+    data mapping for rotated models, and DDP that also works on CPU."""
 
     def __init__(self, cfg):
         # Detectron2 (0.7.2 and its main branch) has no hook for the DDP wrap: __init__ calls
@@ -63,7 +83,22 @@ class Trainer(DefaultTrainer):
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         if output_folder is None:
             output_folder = os.path.join(cfg.OUTPUT_DIR, "inference")
+        if is_rotated_model(cfg):
+            return RotatedCOCOEvaluator(dataset_name, output_dir=output_folder)
         return COCOEvaluator(dataset_name, output_dir=output_folder)
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        if is_rotated_model(cfg):
+            return build_detection_train_loader(cfg, mapper=RotatedDatasetMapper(cfg, is_train=True))
+        return super().build_train_loader(cfg)
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        if is_rotated_model(cfg):
+            mapper = RotatedDatasetMapper(cfg, is_train=False)
+            return build_detection_test_loader(cfg, dataset_name, mapper=mapper)
+        return super().build_test_loader(cfg, dataset_name)
 
 
 def register_datasets(specs):
@@ -111,6 +146,21 @@ def check_cfg(cfg, datasets=None):
                 f"dataset {name!r} has {len(classes)} categories{where} but MODEL.ROI_HEADS.NUM_CLASSES "
                 f"is {cfg.MODEL.ROI_HEADS.NUM_CLASSES}; add MODEL.ROI_HEADS.NUM_CLASSES {len(classes)}"
             )
+        mode = MetadataCatalog.get(name).get("bbox_mode")
+        if mode is not None and (mode == "XYWHA_ABS") != is_rotated_model(cfg):
+            summary = registered_coco_summary(name)
+            where = f" in {summary.json_file}" if summary else ""
+            model = (f"MODEL.PROPOSAL_GENERATOR.NAME {cfg.MODEL.PROPOSAL_GENERATOR.NAME}, "
+                     f"MODEL.ROI_HEADS.NAME {cfg.MODEL.ROI_HEADS.NAME}")
+            if mode == "XYWHA_ABS":
+                raise UserError(
+                    f"dataset {name!r} has rotated boxes (bbox [x_ctr, y_ctr, width, height, angle]){where}, "
+                    f"but the model is upright ({model}); train it with a rotated config such as "
+                    f"configs/rotated/rrcnn_R_18_FPN_plugin.yaml")
+            raise UserError(
+                f"dataset {name!r} has upright boxes (bbox [x, y, width, height]){where}, but the model is "
+                f"rotated ({model}); use an upright config, or give each bbox as "
+                f"[x_ctr, y_ctr, width, height, angle]")
         summary = registered_coco_summary(name)
         if summary is not None and cfg.MODEL.MASK_ON:
             if not summary.has_segmentation:

@@ -38,11 +38,18 @@ collects edge crossings and contained corners with a 1e-5 tolerance and takes th
 hull in float32; both compute the area of the same polygon. Pairs that an upper bound of the
 IoU rules out (disjoint axis-aligned hulls, or for NMS a bound below the threshold) are
 skipped, so matching a few ground-truth boxes against many anchors costs little; the
-remaining pairs are processed in chunks to bound memory.
+remaining pairs are processed in chunks of 4096, whose temporaries stay in the CPU's cache
+(1.9 us a pair against 3.4 us in chunks of 32768, on one core of the project's machine).
+On CPU both operators run on one intra-op thread (:mod:`.threads`, as the pooler's
+operators): each pair chunk is a few dozen small tensor ops, and with 2 threads on a busy
+2-core machine every op waits for the descheduled thread (32768 pairs took 0.7 s against
+0.16 s on one thread while other jobs ran).
 """
 from typing import Tuple
 
 import torch
+
+from .threads import single_threaded
 
 __all__ = [
     "pairwise_iou_rotated_float64",
@@ -54,7 +61,7 @@ __all__ = [
 
 _DEG_TO_RAD = 0.01745329251  # M_PI / 180 as written in box_iou_rotated_utils.h
 _MIN_AREA = 1e-14  # boxes with w*h below this have IoU 0 (single_box_iou_rotated)
-_PAIR_CHUNK = 1 << 15  # pairs clipped at once (about 10 MB of float64 temporaries)
+_PAIR_CHUNK = 1 << 12  # pairs clipped at once (about 1.3 MB of float64 temporaries: cache-sized)
 _SEARCH_BLOCK = 1 << 22  # pair distances tested at once in the candidate search
 
 
@@ -210,12 +217,19 @@ def pairwise_iou_rotated_float64(boxes1: torch.Tensor, boxes2: torch.Tensor) -> 
 
 
 def box_iou_rotated(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
-    """The ``detectron2::box_iou_rotated`` operator: (N, M) float32 IoU."""
-    return pairwise_iou_rotated_float64(boxes1, boxes2).to(torch.float32)
+    """The ``detectron2::box_iou_rotated`` operator: (N, M) float32 IoU (one thread on CPU)."""
+    with single_threaded(boxes1.device):
+        return pairwise_iou_rotated_float64(boxes1, boxes2).to(torch.float32)
 
 
 def nms_rotated(dets: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
-    """The ``detectron2::nms_rotated`` operator: kept indices (int64), by decreasing score."""
+    """The ``detectron2::nms_rotated`` operator: kept indices (int64), by decreasing score (one
+    thread on CPU)."""
+    with single_threaded(dets.device):
+        return _nms_rotated(dets, scores, iou_threshold)
+
+
+def _nms_rotated(dets: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
     _check_boxes(dets, "dets")
     if scores.dim() != 1 or scores.shape[0] != dets.shape[0]:
         raise ValueError(f"scores must be ({dets.shape[0]},) to match dets, got shape {tuple(scores.shape)}")
