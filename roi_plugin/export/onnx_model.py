@@ -32,6 +32,7 @@ from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Boxes, Instances
 
 from . import require_onnx
+from .rotated_nms import DOMAIN, inline_rotated_functions, rotated_symbolics
 
 __all__ = ["trace_adapter", "export_model_onnx", "run_eager", "run_onnx", "compare", "OUTPUT_FIELDS"]
 
@@ -58,13 +59,15 @@ def _output_names(model: nn.Module, image: torch.Tensor) -> List[str]:
 def export_model_onnx(model: nn.Module, image: torch.Tensor, path: str, opset_version: int = 17) -> List[str]:
     """Trace ``model`` on ``image`` (3, H, W) and write an ONNX graph with dynamic H, W and
     detection count. Returns the output names (the ``Instances`` fields, in order)."""
-    require_onnx()  # torch.onnx.export needs it; the error names the extra
+    onnx = require_onnx()  # torch.onnx.export needs it; the error names the extra
     adapter = trace_adapter(model, image)
     names = _output_names(model, image)
     dynamic = {"image": {1: "height", 2: "width"}}
     for name in names[:-1]:
         dynamic[name] = {0: "detections"}
-    with torch.no_grad():
+    # Rotated models: Detectron2's rotated NMS / IoU operators become ONNX operators
+    # (roi_plugin/export/rotated_nms.py); an upright model has no such node, nothing changes.
+    with torch.no_grad(), rotated_symbolics(opset_version):
         torch.onnx.export(
             adapter,
             (image,),
@@ -74,7 +77,12 @@ def export_model_onnx(model: nn.Module, image: torch.Tensor, path: str, opset_ve
             dynamic_axes=dynamic,
             opset_version=opset_version,
             dynamo=False,
+            custom_opsets={DOMAIN: 1},
         )
+    graph = onnx.load(path)
+    inlined = inline_rotated_functions(graph, opset_version)
+    if inlined is not graph:
+        onnx.save(inlined, path)
     return names
 
 

@@ -24,22 +24,29 @@ from typing import List, NamedTuple, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from .geometry import LevelSamples, SampleGroup
+from .geometry import AxisSamples, LevelSamples, SampleGroup
 
-__all__ = ["grid_sample_roi_align", "grid_sample_roi_align_backward"]
+__all__ = ["grid_sample_roi_align", "grid_sample_roi_align_backward", "sample_points"]
+
+
+def sample_points(ys: AxisSamples, xs: AxisSamples, h, w):
+    """``grid_sample``'s view of samples: normalised coordinates ``gy``, ``gx`` and per-axis
+    weights ``vy``, ``vx`` (shapes of ``ys.coord`` / ``xs.coord``). Also the rotated ONNX path's
+    (:func:`.static.rotated_grid_sample_static`), where ``h`` and ``w`` may be traced sizes."""
+    # Normalised coordinates for align_corners=False: pixel centre i <-> (2i+1)/size - 1.
+    # Clamping to the map first makes "border" padding equal the kernel's clamp.
+    gy = (2 * ys.coord.clamp(min=0).clamp(max=h - 1) + 1) / h - 1  # (n, ph, gh)
+    gx = (2 * xs.coord.clamp(min=0).clamp(max=w - 1) + 1) / w - 1  # (n, pw, gw)
+    # Per-sample weight: validity (within one pixel of the map, within the ROI's own grid)
+    # times the 1/(gh*gw) of the mean.
+    vy, vx = ys.w_low + ys.w_high, xs.w_low + xs.w_high  # (n, ph, gh), (n, pw, gw)
+    return gy, gx, vy, vx
 
 
 def _group_points(group: SampleGroup, h: int, w: int, ph: int, pw: int):
     """A sample group as sampling units ``(b, gy, gx, vy, vx)`` (see :func:`_units_layout`)
     and the bins they fill (None: all bins of all ROIs, in order)."""
-    ys, xs = group.ys, group.xs
-    # Normalised coordinates for align_corners=False: pixel centre i <-> (2i+1)/size - 1.
-    # Clamping to the map first makes "border" padding equal the kernel's clamp.
-    gy = (2 * ys.coord.clamp(0, h - 1) + 1) / h - 1  # (n, ph, gh)
-    gx = (2 * xs.coord.clamp(0, w - 1) + 1) / w - 1  # (n, pw, gw)
-    # Per-sample weight: validity (within one pixel of the map, within the ROI's own grid)
-    # times the 1/(gh*gw) of the mean.
-    vy, vx = ys.w_low + ys.w_high, xs.w_low + xs.w_high  # (n, ph, gh), (n, pw, gw)
+    gy, gx, vy, vx = sample_points(group.ys, group.xs, h, w)
     if gy.dim() == 5:  # dense samples (rotated boxes), all (n, ph, pw, gh, gw): one unit per ROI
         return (group.batch, gy, gx, vy, vx), None
     live = (vy.sum(2) > 0)[:, :, None] & (vx.sum(2) > 0)[:, None, :]  # (n, ph, pw)

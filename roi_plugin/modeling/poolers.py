@@ -16,7 +16,8 @@ kernel); the operators are the same.
 
 The one exception is ONNX export (``torch.onnx.export``), which cannot express the
 operators: there the pooler runs :func:`..layers.static.roi_align_levels`, ONNX ``RoiAlign``
-once per level (the same values; onnxruntime's kernel is torchvision's), or, through
+once per level (the same values; onnxruntime's kernel is torchvision's), for rotated boxes
+:func:`..layers.static.rotated_grid_sample_static` (ONNX ``GridSample``), or, through
 :class:`roi_plugin.export.branches.ExportablePooler`, the ``GridSample``-only
 :func:`..layers.static.grid_sample_static` for runtimes without ``RoiAlign``.
 """
@@ -31,7 +32,7 @@ from ..layers import roi_align_ops  # noqa: F401  (registers torch.ops.roi_plugi
 from ..layers.geometry import compute_dtype
 from ..layers.levels import pyramid_levels, route_boxes
 from ..layers.roi_align_ops import POOLER_TYPES, SAMPLERS
-from ..layers.static import EXPORT_MAX_GRID, grid_sample_static, roi_align_levels
+from ..layers.static import EXPORT_MAX_GRID, grid_sample_static, roi_align_levels, rotated_grid_sample_static
 
 __all__ = ["ROIAlignPooler", "GridSampleROIPooler", "SAMPLERS", "POOLER_TYPES"]
 
@@ -138,13 +139,11 @@ class ROIAlignPooler(nn.Module):
     def pool_rois(self, x: List[torch.Tensor], rois: torch.Tensor) -> torch.Tensor:
         """Pool ``rois`` (K, 5) ``batch_index, x1, y1, x2, y2`` ((K, 6) with a rotated box) in
         input-image pixels from the maps ``x`` -> (K, C, h, w): the operator, or under
-        ``torch.onnx.export`` (which cannot express it) ONNX ``RoiAlign`` per level."""
+        ``torch.onnx.export`` (which cannot express it) ONNX ``RoiAlign`` per level (rotated
+        boxes: ONNX ``GridSample``, ONNX ``RoiAlign`` having no rotation)."""
         if torch.onnx.is_in_onnx_export():
             if self.rotated:
-                raise NotImplementedError(
-                    "ROIAlignPooler has no ONNX export for pooler_type 'ROIAlignRotated' (ONNX RoiAlign "
-                    "has no rotated boxes); torch.jit.trace, torch.export and torch.compile run it"
-                )
+                return self._rotated_static(x, rois)
             return self._roi_align_static(x, rois)
         return self._pool(x, rois)
 
@@ -180,6 +179,20 @@ class ROIAlignPooler(nn.Module):
         return roi_align_levels(
             x, rois, level_of, self.output_size_list, self.scale_list, self.sampling_ratio, self.aligned
         )
+
+    @torch.jit.unused
+    def _rotated_static(self, x: List[torch.Tensor], rois: torch.Tensor) -> torch.Tensor:
+        """The rotated ONNX path (:func:`.static.rotated_grid_sample_static`: ``GridSample`` on the
+        rotated geometry's samples, static code, exact under adaptive sampling) with this pooler's
+        level rule.
+
+        Args:
+            x: list of L feature maps (B, C, H_l, W_l).
+            rois: (K, 6) ``batch_index, x_ctr, y_ctr, w, h, angle`` in input-image pixels.
+        """
+        level_of = route_boxes(rois[:, 1:].to(compute_dtype(x[0].dtype)), self.scales, float(self.canonical_box_size),
+                               self.canonical_level)
+        return rotated_grid_sample_static(x, rois, level_of, self.scales, self.output_size, self.sampling_ratio)
 
     @torch.jit.unused
     def _grid_sample_static(
