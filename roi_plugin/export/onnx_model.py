@@ -137,6 +137,8 @@ def _match(ref: Dict[str, np.ndarray], got: Dict[str, np.ndarray], score_tol: fl
 
 def compare(ref: Dict[str, np.ndarray], got: Dict[str, np.ndarray], image_hw, score_tol: float = 1e-3) -> Dict[str, float]:
     """Max |difference| of boxes and scores, unmatched detections, min mask IoU (pasted at 0.5).
+    Rotated boxes (N, 5): ``box_diff`` over ``x_ctr, y_ctr, w, h`` in pixels, ``angle_diff`` in
+    degrees (modulo 360).
 
     Detections are paired by :func:`_match` (same class, score within ``score_tol``, nearest
     box); ``unmatched`` counts reference detections without a counterpart plus the count
@@ -152,7 +154,12 @@ def compare(ref: Dict[str, np.ndarray], got: Dict[str, np.ndarray], image_hw, sc
            "unmatched": float((~pair).sum() + abs(n_ref - n_got)),
            "in_order": float(bool(np.array_equal(idx, np.arange(n_ref))))}
     res["class_mismatch"] = res["unmatched"]  # a pair has the same class by construction
-    res["box_diff"] = float(np.abs(r["pred_boxes"] - g["pred_boxes"]).max()) if n else 0.0
+    if ref["pred_boxes"].shape[1] == 5:  # rotated (x_ctr, y_ctr, w, h, angle): pixels, then degrees
+        res["box_diff"] = float(np.abs(r["pred_boxes"][:, :4] - g["pred_boxes"][:, :4]).max()) if n else 0.0
+        turn = (r["pred_boxes"][:, 4] - g["pred_boxes"][:, 4] + 180.0) % 360.0 - 180.0  # same angle mod 360
+        res["angle_diff"] = float(np.abs(turn).max()) if n else 0.0
+    else:
+        res["box_diff"] = float(np.abs(r["pred_boxes"] - g["pred_boxes"]).max()) if n else 0.0
     res["score_diff"] = float(np.abs(r["scores"] - g["scores"]).max()) if n else 0.0
     if "pred_masks" in ref and n:
         res["mask_prob_diff"] = float(np.abs(r["pred_masks"] - g["pred_masks"]).max())

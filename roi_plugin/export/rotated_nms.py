@@ -76,14 +76,18 @@ def _export(module: nn.Module, args, inputs: List[str], outputs: List[str], dyna
     return onnx.load_from_string(buf.getvalue())
 
 
+def _nms_model(opset_version: int):
+    return _export(_NMSRotated(), (_example_boxes(8, 0), torch.rand(8), torch.tensor(0.5)),
+                   ["boxes", "scores", "iou_threshold"], ["keep"],
+                   {"boxes": {0: "n"}, "scores": {0: "n"}, "keep": {0: "kept"}}, opset_version)
+
+
 def export_nms_rotated(path, opset_version: int = 17):
     """Write the rotated NMS alone as an ONNX model: inputs ``boxes`` (n, 5) float32, ``scores``
     (n,) float32, ``iou_threshold`` () float32; output ``keep`` (k,) int64, the kept indices by
     decreasing score (``detectron2::nms_rotated``'s result). Returns the model."""
     onnx = require_onnx()
-    model = _export(_NMSRotated(), (_example_boxes(8, 0), torch.rand(8), torch.tensor(0.5)),
-                    ["boxes", "scores", "iou_threshold"], ["keep"],
-                    {"boxes": {0: "n"}, "scores": {0: "n"}, "keep": {0: "kept"}}, opset_version)
+    model = _nms_model(opset_version)
     onnx.save(model, path)
     return model
 
@@ -102,9 +106,7 @@ def _as_function(model, name: str):
 
 def rotated_functions(opset_version: int = 17) -> Dict[str, "object"]:
     """``{name: FunctionProto}``: ``NMSRotated`` and ``BoxIoURotated`` in opset ``opset_version``."""
-    nms = _export(_NMSRotated(), (_example_boxes(8, 0), torch.rand(8), torch.tensor(0.5)),
-                  ["boxes", "scores", "iou_threshold"], ["keep"],
-                  {"boxes": {0: "n"}, "scores": {0: "n"}, "keep": {0: "kept"}}, opset_version)
+    nms = _nms_model(opset_version)
     iou = _export(_BoxIoURotated(), (_example_boxes(6, 1), _example_boxes(5, 2)), ["boxes1", "boxes2"], ["iou"],
                   {"boxes1": {0: "n"}, "boxes2": {0: "m"}, "iou": {0: "n", 1: "m"}}, opset_version)
     return {"NMSRotated": _as_function(nms, "NMSRotated"), "BoxIoURotated": _as_function(iou, "BoxIoURotated")}
