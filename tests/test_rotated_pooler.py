@@ -222,6 +222,8 @@ def test_onnx_export_matches_eager(tmp_path, sampler, sampling_ratio):
     def rois_of(box_lists):
         return torch.cat([torch.cat([torch.full((len(b), 1), float(i)), b], 1) for i, b in enumerate(box_lists)])
 
+    with pytest.raises(ValueError, match="rotated pooler has one ONNX path"):
+        ExportablePooler(pooler, method="grid_sample")  # the upright GridSample path: not for rotated boxes
     feats = pyramid(2, HEIGHT, WIDTH, channels=3)
     path = str(tmp_path / "rotated_pooler.onnx")
     export_onnx(ExportablePooler(pooler), feats, rois_of([random_rotated_boxes(12, HEIGHT, WIDTH, s) for s in (0, 1)]), path)

@@ -94,6 +94,9 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--score-tol", type=float, default=1e-3)
     p.add_argument("--angle-tol", type=float, default=1e-3, help="rotated boxes: max |angle difference| in degrees")
     p.add_argument("--mask-iou", type=float, default=0.99, help="min IoU of the pasted masks")
+    p.add_argument("--val-images", type=int, default=0,
+                   help="also compare every graph with eager on the first N images of DATASETS.TEST[0] at their "
+                   "own size (and, for a rotated model, the NMS graph on all their NMS calls)")
     p.add_argument("--torchscript", action="store_true",
                    help="also write model.ts (torch.jit.trace of the same adapter) and verify it like the ONNX graphs")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, KEY VALUE ...")
@@ -156,6 +159,54 @@ def verification_images(cfg, batches_hw=VERIFY_BATCHES, seed=0):
         k += len(batch)
     batches.append([torch.full((3, 208, 240), 127.0)])  # blank
     return batches
+
+
+def dataset_images(cfg, count):
+    """The first ``count`` images of ``DATASETS.TEST[0]`` at their own size, (3, H, W) float in
+    ``INPUT.FORMAT`` order, with their file names; exits when that dataset does not load."""
+    try:
+        import roi_plugin.data  # noqa: F401  (registers the plugin's datasets)
+        from detectron2.data import DatasetCatalog
+        from detectron2.data.detection_utils import read_image
+
+        dicts = DatasetCatalog.get(cfg.DATASETS.TEST[0])[:count]
+    except Exception as e:
+        raise SystemExit(f"--val-images: DATASETS.TEST[0] does not load ({type(e).__name__}: {e})")
+    return [(os.path.basename(d["file_name"]),
+             torch.as_tensor(np.ascontiguousarray(read_image(d["file_name"], format=cfg.INPUT.FORMAT).transpose(2, 0, 1)),
+                             dtype=torch.float32)) for d in dicts]
+
+
+def verify_dataset(model, cfg, args, sess, names, traced, nms_sess, label):
+    """--val-images: every graph against eager on each of the first N test images at its own
+    size (one summary per graph), and for rotated models the NMS graph on all their NMS calls."""
+    val = dataset_images(cfg, args.val_images)
+    images = [im for _, im in val]
+    eager = run_eager(model, images)
+    graphs = [("per image", lambda ims: run_onnx(sess, names, ims))]
+    if traced is not None:
+        graphs.append(("TorchScript", lambda ims: run_torchscript(traced, names, ims)))
+    out = {"dataset": cfg.DATASETS.TEST[0], "images": len(images), "graphs": []}
+    for kind, run in graphs:
+        rows = [compare(e, o, tuple(im.shape[1:]), args.score_tol) for im, e, o in zip(images, eager, run(images))]
+        for r in rows:
+            r["ok"] = _row_ok(r, args)
+        agg = {"graph": kind, "detections": int(sum(r["detections"] for r in rows)),
+               "unmatched": int(sum(r["unmatched"] for r in rows)), "ok": all(r["ok"] for r in rows),
+               "bad_images": [val[k][0] for k, r in enumerate(rows) if not r["ok"]]}
+        for key in ("box_diff", "angle_diff", "score_diff", "mask_prob_diff"):
+            agg[key] = max((r.get(key, 0.0) for r in rows), default=0.0)
+        agg["mask_iou_min"] = min((r.get("mask_iou_min", 1.0) for r in rows), default=1.0)
+        out["graphs"].append(agg)
+        print(f"[{label}] {kind} graph on {len(images)} images of {out['dataset']}: {agg['detections']} detections, "
+              f"{agg['unmatched']} unmatched, box {agg['box_diff']:.2e} px, angle {agg['angle_diff']:.1e} deg, "
+              f"score {agg['score_diff']:.1e} -> {'ok' if agg['ok'] else 'DIFFERS on ' + ', '.join(agg['bad_images'])}")
+    if nms_sess is not None:
+        out["nms"] = verify_nms(nms_sess, nms_calls(model, images))
+        print(f"[{label}] rotated NMS graph alone on {len(out['nms'])} NMS calls of the eager model on those images: "
+              f"kept indices equal in {sum(c['equal'] for c in out['nms'])}")
+    out["ok"] = all(g["ok"] for g in out["graphs"]) and all(c["equal"] for c in out.get("nms", []))
+    return out
 
 
 def nms_calls(model, images):
@@ -315,6 +366,11 @@ def export_and_verify(cfg, checkpoint, out_dir, args, label, state_dict=None):
         print(f"[{label}] rotated NMS graph alone on the eager model's {len(summary['nms'])} NMS calls "
               f"({sum(len(c['boxes']) for c in summary['nms'])} boxes): kept indices equal in "
               f"{len(summary['nms']) - len(bad)}" + (f"; DIFFER in {len(bad)}" if bad else ""))
+    if args.val_images:
+        nms_sess = (ort.InferenceSession(os.path.join(out_dir, "nms_rotated.onnx"), providers=["CPUExecutionProvider"])
+                    if rotated else None)
+        summary["val"] = verify_dataset(model, cfg, args, sess, names, traced, nms_sess, label)
+        summary["ok"] &= summary["val"]["ok"]
     im = batches[0][0]
     summary["eager_s"] = time_call(lambda: run_eager(model, [im]), args.repeats)
     summary["onnx_s"] = time_call(lambda: run_onnx(sess, names, [im]), args.repeats)
@@ -429,6 +485,8 @@ def _upright_lines(summaries, args, cfg):
                 f"{r['score_diff']:.1e} | {r.get('mask_prob_diff', 0.0):.1e} | {r.get('mask_iou_min', float('nan')):.4f} | "
                 f"{'yes' if r['ok'] else 'NO'} |"
             )
+    for s in summaries:
+        lines += _val_lines(s)
     nb = summaries[0]["latency_batch"]
     lines += ["", "| heads | graph op types (with subgraphs) | RoiAlign | GridSample | eager s/image | onnxruntime s/image | "
               f"batch of {nb}: onnxruntime s/image, {nb} single-image calls | one batched call |",
@@ -489,6 +547,36 @@ def _upright_lines(summaries, args, cfg):
     return lines
 
 
+def _val_lines(s):
+    """The --val-images summary of one model: a row per graph, and the NMS calls (rotated)."""
+    v = s.get("val")
+    if not v:
+        return []
+    rot = s["rotated"]
+    lines = ["", f"{s['label']} on the first {v['images']} images of `{v['dataset']}`, each at its own size, "
+             "against eager on the same image:", "",
+             "| graph | images | detections | unmatched | max box diff (px) | "
+             + ("max angle diff (deg) | " if rot else "max mask prob diff | min mask IoU | ") + "max score diff | within tolerance |",
+             "| --- | ---: | ---: | ---: | ---: | " + ("---: | " if rot else "---: | ---: | ") + "---: | --- |"]
+    for g in v["graphs"]:
+        extra = f"{g['angle_diff']:.1e} | " if rot else f"{g['mask_prob_diff']:.1e} | {g['mask_iou_min']:.4f} | "
+        lines.append(f"| {g['graph']} | {v['images']} | {g['detections']} | {g['unmatched']} | {g['box_diff']:.1e} | "
+                     f"{extra}{g['score_diff']:.1e} | {'yes' if g['ok'] else 'NO: ' + ', '.join(g['bad_images'])} |")
+    if "nms" in v:
+        calls = v["nms"]
+        by = {}
+        for c in calls:
+            b = by.setdefault(c["where"], [0, 0, 0, 0])
+            b[0] += 1
+            b[1] += c["equal"]
+            b[2] += len(c["boxes"])
+            b[3] += len(c["keep"])
+        lines += ["", "The rotated NMS graph alone on every NMS call the eager model makes on these images:", "",
+                  "| caller | calls | kept indices equal (same order) | boxes in | kept |", "| --- | ---: | ---: | ---: | ---: |"]
+        lines += [f"| {k} | {b[0]} | {b[1]} | {b[2]} | {b[3]} |" for k, b in sorted(by.items(), reverse=True)]
+    return lines
+
+
 def _rotated_lines(summaries, args, cfg):
     """The rotated model's section: rows of rotated boxes (pixels and degrees), the rotated NMS
     graph's kept indices on every NMS call, latency."""
@@ -531,6 +619,7 @@ def _rotated_lines(summaries, args, cfg):
               f"{max(r['box_diff'] for r in rows):.1e} px, max angle diff {max(r['angle_diff'] for r in rows):.1e} "
               f"degree, max score diff {max(r['score_diff'] for r in rows):.1e}, "
               f"{int(sum(r['unmatched'] for r in rows))} unmatched detections (classes agree on every pair)."]
+    lines += _val_lines(s)
     calls = s["nms"]
     lines += ["", "Rotated NMS: `nms_rotated.onnx` (the same ONNX operators, alone) in onnxruntime on the inputs of "
               f"every `detectron2::nms_rotated` call the eager model makes on these {len(s['nms_images'])} images "
