@@ -30,6 +30,10 @@ Semantics follow ``detectron2/layers/csrc/box_iou_rotated/box_iou_rotated_utils.
   indices (int64) in that order. IoUs are rounded to the boxes' dtype before the comparison,
   as the kernel computes them in that dtype.
 
+Both have an exportable form at the end of the file (``box_iou_rotated_static``,
+``nms_rotated_static``): the same rules in tensor operations only, which
+``roi_plugin/export/rotated_nms.py`` turns into ONNX operators.
+
 The intersection area is exact up to float64 rounding: the rectangle of box 1 is clipped by
 the four sides of box 2 (Sutherland-Hodgman, vectorised over pairs; a convex k-gon clipped by
 a half-plane has at most k+1 corners, so 4 -> 5 -> 6 -> 7 -> 8 slots, with unused slots
