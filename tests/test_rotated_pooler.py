@@ -203,12 +203,50 @@ def test_trace_script_compile_equal_eager(sampler):
         assert all(torch.equal(a, b) for a, b in zip(grads, ref_grads)), name
 
 
-def test_onnx_export_raises_not_implemented(tmp_path):
-    """ONNX RoiAlign has no rotated boxes: exporting a rotated pooler says so."""
-    pooler = ROIAlignPooler(7, (1 / 4,), 0, "ROIAlignRotated")
-    feats, boxes = torch.rand(1, 2, 8, 8), torch.tensor([[10.0, 10, 8, 6, 30]])
-    with pytest.raises(NotImplementedError, match="ROIAlignRotated"):
-        torch.onnx.export(_OneLevel(pooler), (feats, boxes), str(tmp_path / "p.onnx"), dynamo=False)
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+@pytest.mark.parametrize("sampler,sampling_ratio", [pytest.param("gather", 0, marks=pytest.mark.slow), ("grid_sample", 2)])
+def test_onnx_export_matches_eager(tmp_path, sampler, sampling_ratio):
+    """ONNX RoiAlign has no rotation: under torch.onnx.export the rotated pooler takes its
+    GridSample path (layers/static.py, the rotated geometry's own samples). onnxruntime, on
+    other image counts, map sizes and ROI counts than the export's (an image without ROIs, no
+    ROIs at all, levels without ROIs, huge and empty boxes), equals the eager pooler within
+    1e-5 and the float64 reference within the pooler's tolerance, adaptive sampling included
+    (no cap on the grid)."""
+    import onnx
+    import onnxruntime as ort
+
+    from roi_plugin.export.branches import ExportablePooler, export_onnx
+
+    pooler = ROIAlignPooler(7, SCALES, sampling_ratio, "ROIAlignRotated", sampler=sampler)
+
+    def rois_of(box_lists):
+        return torch.cat([torch.cat([torch.full((len(b), 1), float(i)), b], 1) for i, b in enumerate(box_lists)])
+
+    with pytest.raises(ValueError, match="rotated pooler has one ONNX path"):
+        ExportablePooler(pooler, method="grid_sample")  # the upright GridSample path: not for rotated boxes
+    feats = pyramid(2, HEIGHT, WIDTH, channels=3)
+    path = str(tmp_path / "rotated_pooler.onnx")
+    export_onnx(ExportablePooler(pooler), feats, rois_of([random_rotated_boxes(12, HEIGHT, WIDTH, s) for s in (0, 1)]), path)
+    graph = onnx.load(path)
+    onnx.checker.check_model(graph)
+    ops = {n.op_type for n in graph.graph.node}
+    assert "GridSample" in ops and "RoiAlign" not in ops
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    runs = [(3, 160, 128, [12, 0, 9]), (1, 64, 96, [12]), (1, 96, 96, [0]),
+            (1, 128, 128, [torch.tensor([[40.0, 40, 20, 10, 30], [60, 50, 30, 12, -70]])])]  # one level only
+    for seed, (b, h, w, counts) in enumerate(runs, 1):
+        feats = pyramid(b, h, w, channels=3, seed=seed)
+        boxes = [c if isinstance(c, torch.Tensor) else random_rotated_boxes(12, h, w, 10 * seed + i)[:c]
+                 for i, c in enumerate(counts)]
+        with torch.no_grad():
+            eager = pooler(feats, boxes)
+        feed = {f"feature{i}": f.numpy() for i, f in enumerate(feats)}
+        feed["rois"] = rois_of(boxes).numpy()
+        (got,) = sess.run(None, feed)
+        assert got.shape == tuple(eager.shape)
+        torch.testing.assert_close(torch.from_numpy(got), eager, atol=1e-5, rtol=0)
+        ref, _ = reference_pyramid(feats, boxes, 7, sampling_ratio)
+        torch.testing.assert_close(torch.from_numpy(got).double(), ref, atol=1e-5, rtol=0)
 
 
 class _OneLevel(nn.Module):

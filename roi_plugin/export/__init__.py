@@ -5,7 +5,9 @@
   (ONNX, ``torch.export``), and ``ROIHeadsTensors`` (the whole ``roi_heads`` on tensors);
 * :mod:`.onnx_model`  the whole model traced with Detectron2's ``TracingAdapter`` to a
   single-image ONNX graph, run with onnxruntime and compared with eager;
-* :mod:`.onnx_batch`  the dynamic-batch graph: the single-image graph inside an ONNX ``Loop``.
+* :mod:`.onnx_batch`  the dynamic-batch graph: the single-image graph inside an ONNX ``Loop``;
+* :mod:`.torchscript_model`  the same whole model traced to TorchScript;
+* :mod:`.rotated_nms`  Detectron2's rotated NMS / IoU operators as ONNX operators (rotated models).
 
 The submodules are imported on use (the ONNX ones need the ``[deploy]`` extra).
 """

@@ -50,7 +50,9 @@ class ExportablePooler(nn.Module):
             ``pooler.sampling_ratio == 0`` (exact for ROIs whose adaptive grid is at most
             this; see :meth:`ROIAlignPooler._grid_sample_static`).
         method: ``"roi_align"`` (exact, ONNX ``RoiAlign``) or ``"grid_sample"`` (ONNX
-            ``GridSample``, capped by ``max_grid`` under adaptive sampling).
+            ``GridSample``, capped by ``max_grid`` under adaptive sampling). A rotated pooler
+            (``ROIAlignRotated``, rois (K, 6) ``batch_index, x_ctr, y_ctr, w, h, angle``) takes
+            ``"roi_align"`` only, :meth:`ROIAlignPooler.pool_rois`: its exact ``GridSample`` path.
     """
 
     def __init__(self, pooler: ROIAlignPooler, max_grid: int = EXPORT_MAX_GRID, method: str = "roi_align"):
@@ -59,6 +61,9 @@ class ExportablePooler(nn.Module):
             raise TypeError(f"ExportablePooler needs an ROIAlignPooler, got {type(pooler).__name__}")
         if method not in EXPORT_METHODS:
             raise ValueError(f"method {method!r} is not supported; use one of {EXPORT_METHODS}")
+        if pooler.rotated and method != "roi_align":
+            raise ValueError("a rotated pooler has one ONNX path, its own GridSample one (method 'roi_align': "
+                             "ROIAlignPooler.pool_rois); method 'grid_sample' is the upright GridSample-only path")
         self.pooler = pooler
         self.max_grid = int(max_grid)
         self.method = method

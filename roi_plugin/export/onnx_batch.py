@@ -16,7 +16,7 @@ only, into::
         image_i = Slice(Gather(images, i), [0, 0], image_sizes[i])     # (3, h_i, w_i)
         outputs_i = per-image graph(image_i)                           # n_i detections
         each output Padded along its first axis from n_i to K rows     # K = detections_per_image
-    outputs: pred_boxes (B, K, 4), scores (B, K), pred_classes (B, K) (-1 on padding rows),
+    outputs: pred_boxes (B, K, 4) (or (B, K, 5) rotated), scores (B, K), pred_classes (B, K) (-1 on padding rows),
              pred_masks (B, K, 1, M, M) (Mask R-CNN), pred_keypoints (B, K, P, 3) and
              pred_keypoint_heatmaps (B, K, P, S, S) (keypoint R-CNN), num_detections (B,) int64
 
@@ -42,8 +42,6 @@ if TYPE_CHECKING:  # onnx is the [deploy] extra: imported inside the functions t
 __all__ = ["batch_onnx_model", "export_batched_onnx", "pad_batch", "run_onnx_batched"]
 
 PREFIX = "per_image/"
-# Axes after the first that the trace leaves symbolic but that are fixed.
-KNOWN_DIMS = {"pred_boxes": [4]}
 
 
 def _rename_graph(graph: "onnx.GraphProto", rename) -> None:
@@ -68,11 +66,12 @@ def _rename_graph(graph: "onnx.GraphProto", rename) -> None:
 
 
 def batch_onnx_model(single: "onnx.ModelProto", max_detections: int, image_input: str = "image",
-                     drop_outputs: Sequence[str] = ("image_size",)) -> "onnx.ModelProto":
+                     drop_outputs: Sequence[str] = ("image_size",), box_dim: int = 4) -> "onnx.ModelProto":
     """The dynamic-batch model around ``single`` (the graph of
     :func:`roi_plugin.export.onnx_model.export_model_onnx`: input ``image`` (3, H, W), outputs with the
     detections on their first axis, plus ``image_size``): see the module docstring.
-    ``max_detections`` is K, the detector's ``test_topk_per_image``."""
+    ``max_detections`` is K, the detector's ``test_topk_per_image``; ``box_dim`` the columns of
+    ``pred_boxes`` (4, or 5 for rotated boxes)."""
     onnx = require_onnx()
     from onnx import TensorProto, helper, numpy_helper
 
@@ -80,9 +79,11 @@ def batch_onnx_model(single: "onnx.ModelProto", max_detections: int, image_input
     g = single.graph
     if [i.name for i in g.input] != [image_input]:
         raise ValueError(f"expected one graph input {image_input!r}, got {[i.name for i in g.input]}")
-    # (name, rank, dtype, dims after the first) of the kept outputs, before renaming
+    # (name, rank, dtype, dims after the first) of the kept outputs, before renaming; the box
+    # columns are fixed, but the trace leaves them symbolic
+    known = {"pred_boxes": [box_dim]}
     outs = [(o.name, len(o.type.tensor_type.shape.dim), o.type.tensor_type.elem_type,
-             KNOWN_DIMS.get(o.name, [d.dim_value or None for d in o.type.tensor_type.shape.dim[1:]]))
+             known.get(o.name, [d.dim_value or None for d in o.type.tensor_type.shape.dim[1:]]))
             for o in g.output if o.name not in drop_outputs]
     if not outs:
         raise ValueError("the graph has no detection outputs")
@@ -158,12 +159,12 @@ def batch_onnx_model(single: "onnx.ModelProto", max_detections: int, image_input
 
 
 def export_batched_onnx(single_path: str, path: str, max_detections: int,
-                        full_check: bool = True) -> "onnx.ModelProto":
+                        full_check: bool = True, box_dim: int = 4) -> "onnx.ModelProto":
     """Read the single-image graph at ``single_path``, write its dynamic-batch ``Loop`` model
     (:func:`batch_onnx_model`) to ``path`` after ``onnx.checker.check_model`` (``full_check``:
     with ONNX shape inference through the ``Loop`` body too). Returns the model."""
     onnx = require_onnx()
-    model = batch_onnx_model(onnx.load(single_path), max_detections)
+    model = batch_onnx_model(onnx.load(single_path), max_detections, box_dim=box_dim)
     onnx.checker.check_model(model, full_check=full_check)
     onnx.save(model, path)
     return model

@@ -32,6 +32,7 @@ from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Boxes, Instances
 
 from . import require_onnx
+from .rotated_nms import DOMAIN, inline_rotated_functions, rotated_symbolics
 
 __all__ = ["trace_adapter", "export_model_onnx", "run_eager", "run_onnx", "compare", "OUTPUT_FIELDS"]
 
@@ -58,13 +59,15 @@ def _output_names(model: nn.Module, image: torch.Tensor) -> List[str]:
 def export_model_onnx(model: nn.Module, image: torch.Tensor, path: str, opset_version: int = 17) -> List[str]:
     """Trace ``model`` on ``image`` (3, H, W) and write an ONNX graph with dynamic H, W and
     detection count. Returns the output names (the ``Instances`` fields, in order)."""
-    require_onnx()  # torch.onnx.export needs it; the error names the extra
+    onnx = require_onnx()  # torch.onnx.export needs it; the error names the extra
     adapter = trace_adapter(model, image)
     names = _output_names(model, image)
     dynamic = {"image": {1: "height", 2: "width"}}
     for name in names[:-1]:
         dynamic[name] = {0: "detections"}
-    with torch.no_grad():
+    # Rotated models: Detectron2's rotated NMS / IoU operators become ONNX operators
+    # (roi_plugin/export/rotated_nms.py); an upright model has no such node, nothing changes.
+    with torch.no_grad(), rotated_symbolics(opset_version):
         torch.onnx.export(
             adapter,
             (image,),
@@ -74,7 +77,12 @@ def export_model_onnx(model: nn.Module, image: torch.Tensor, path: str, opset_ve
             dynamic_axes=dynamic,
             opset_version=opset_version,
             dynamo=False,
+            custom_opsets={DOMAIN: 1},
         )
+    graph = onnx.load(path)
+    inlined = inline_rotated_functions(graph, opset_version)
+    if inlined is not graph:
+        onnx.save(inlined, path)
     return names
 
 
@@ -129,6 +137,8 @@ def _match(ref: Dict[str, np.ndarray], got: Dict[str, np.ndarray], score_tol: fl
 
 def compare(ref: Dict[str, np.ndarray], got: Dict[str, np.ndarray], image_hw, score_tol: float = 1e-3) -> Dict[str, float]:
     """Max |difference| of boxes and scores, unmatched detections, min mask IoU (pasted at 0.5).
+    Rotated boxes (N, 5): ``box_diff`` over ``x_ctr, y_ctr, w, h`` in pixels, ``angle_diff`` in
+    degrees (modulo 360).
 
     Detections are paired by :func:`_match` (same class, score within ``score_tol``, nearest
     box); ``unmatched`` counts reference detections without a counterpart plus the count
@@ -144,7 +154,12 @@ def compare(ref: Dict[str, np.ndarray], got: Dict[str, np.ndarray], image_hw, sc
            "unmatched": float((~pair).sum() + abs(n_ref - n_got)),
            "in_order": float(bool(np.array_equal(idx, np.arange(n_ref))))}
     res["class_mismatch"] = res["unmatched"]  # a pair has the same class by construction
-    res["box_diff"] = float(np.abs(r["pred_boxes"] - g["pred_boxes"]).max()) if n else 0.0
+    if ref["pred_boxes"].shape[1] == 5:  # rotated (x_ctr, y_ctr, w, h, angle): pixels, then degrees
+        res["box_diff"] = float(np.abs(r["pred_boxes"][:, :4] - g["pred_boxes"][:, :4]).max()) if n else 0.0
+        turn = (r["pred_boxes"][:, 4] - g["pred_boxes"][:, 4] + 180.0) % 360.0 - 180.0  # same angle mod 360
+        res["angle_diff"] = float(np.abs(turn).max()) if n else 0.0
+    else:
+        res["box_diff"] = float(np.abs(r["pred_boxes"] - g["pred_boxes"]).max()) if n else 0.0
     res["score_diff"] = float(np.abs(r["scores"] - g["scores"]).max()) if n else 0.0
     if "pred_masks" in ref and n:
         res["mask_prob_diff"] = float(np.abs(r["pred_masks"] - g["pred_masks"]).max())

@@ -10,8 +10,9 @@
 * :mod:`.grid_sample`  the other sampler: bins summed from ``F.grid_sample`` reads;
 * :mod:`.roi_align_ops`  the two samplers as operators ``torch.ops.roi_plugin.*`` (forward,
   backward, fake, autograd): what the module runs, eager, compiled, scripted or traced;
-* :mod:`.static`       the shape-static paths used while exporting to ONNX;
-* :mod:`.rotated_ops`  pure-PyTorch rotated IoU / NMS operators where Detectron2 has no ``_C``;
+* :mod:`.static`       the shape-static paths used while exporting to ONNX (upright and rotated);
+* :mod:`.rotated_ops`  pure-PyTorch rotated IoU / NMS operators where Detectron2 has no ``_C``,
+  and their exportable forms (ONNX);
 * :mod:`.threads`      the sampler's single-intra-op-thread scope.
 
 See docs/ARCHITECTURE.md.

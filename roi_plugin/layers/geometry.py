@@ -120,7 +120,7 @@ class SampleGroup(NamedTuple):
     both (n, Ph, Pw, gh, gw), the sample of ``(r, py, px, i, j)`` at
     ``(ys.coord[r, py, px, i, j], xs.coord[r, py, px, i, j])``, weight the product of the two
     at that index. The grid_sample sampler tells the two apart by ``ys.coord.dim()``
-    (``grid_sample._group_points`` / ``_units_layout``); the gather sampler takes groups
+    (``grid_sample._group_sets`` / ``_units_layout``); the gather sampler takes groups
     for rotated boxes only (``gather_plan._dense_group_taps``; upright boxes go through
     :mod:`.axis_taps`), see docs/ARCHITECTURE.md.
     """

@@ -23,9 +23,23 @@ from typing import Callable, List, NamedTuple, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from .geometry import LevelSamples, SampleGroup
+from .geometry import AxisSamples, LevelSamples, SampleGroup
 
-__all__ = ["grid_sample_roi_align", "grid_sample_roi_align_backward"]
+__all__ = ["grid_sample_roi_align", "grid_sample_roi_align_backward", "sample_points"]
+
+
+def sample_points(ys: AxisSamples, xs: AxisSamples, h, w):
+    """``grid_sample``'s view of samples: normalised coordinates ``gy``, ``gx`` and per-axis
+    weights ``vy``, ``vx`` (shapes of ``ys.coord`` / ``xs.coord``). Also the rotated ONNX path's
+    (:func:`.static.rotated_grid_sample_static`), where ``h`` and ``w`` may be traced sizes."""
+    # Normalised coordinates for align_corners=False: pixel centre i <-> (2i+1)/size - 1.
+    # Clamping to the map first makes "border" padding equal the kernel's clamp.
+    gy = (2 * ys.coord.clamp(min=0).clamp(max=h - 1) + 1) / h - 1  # (n, ph, gh)
+    gx = (2 * xs.coord.clamp(min=0).clamp(max=w - 1) + 1) / w - 1  # (n, pw, gw)
+    # Per-sample weight: validity (within one pixel of the map, within the ROI's own grid)
+    # times the 1/(gh*gw) of the mean.
+    vy, vx = ys.w_low + ys.w_high, xs.w_low + xs.w_high  # (n, ph, gh), (n, pw, gw)
+    return gy, gx, vy, vx
 
 
 # A grid_sample call's points stay within a quarter of the level's positions (its samples, C
@@ -53,14 +67,7 @@ def _group_sets(group: SampleGroup, h: int, w: int, ph: int, pw: int, cap: int):
     each (a bin never split), each with the ROIs and bins they fill: ``(set, r0, r1, bins)``,
     ``bins`` None for all bins of the group's ROIs ``r0..r1-1``, else the flat (ROI, bin)
     positions in the group of 1x1-bin units."""
-    ys, xs = group.ys, group.xs
-    # Normalised coordinates for align_corners=False: pixel centre i <-> (2i+1)/size - 1.
-    # Clamping to the map first makes "border" padding equal the kernel's clamp.
-    gy = (2 * ys.coord.clamp(0, h - 1) + 1) / h - 1  # (n, ph, gh)
-    gx = (2 * xs.coord.clamp(0, w - 1) + 1) / w - 1  # (n, pw, gw)
-    # Per-sample weight: validity (within one pixel of the map, within the ROI's own grid)
-    # times the 1/(gh*gw) of the mean.
-    vy, vx = ys.w_low + ys.w_high, xs.w_low + xs.w_high  # (n, ph, gh), (n, pw, gw)
+    gy, gx, vy, vx = sample_points(group.ys, group.xs, h, w)
     n, batch = group.rois.numel(), group.batch  # (the sets keep these, not the group's samples)
     dense = gy.dim() == 5  # rotated boxes: all (n, ph, pw, gh, gw)
     per_bin = gy.shape[3] * gy.shape[4] if dense else gy.shape[2] * gx.shape[2]

@@ -97,7 +97,7 @@ def _window(lo: torch.Tensor, hi: torch.Tensor, extent: torch.Tensor, pooled: in
 def rotated_samples(
     cx: torch.Tensor, cy: torch.Tensor, width: torch.Tensor, height: torch.Tensor, theta: torch.Tensor,
     output_size: Tuple[int, int], gh: torch.Tensor, gw: torch.Tensor, g_h: int, g_w: int,
-    size: Tuple[int, int], dtype: torch.dtype, rows: Optional[Tuple[int, int]] = None,
+    size: Tuple[int, int], dtype: torch.dtype, rows: Optional[Tuple[int, int]] = None, window: bool = True,
 ) -> Tuple[AxisSamples, AxisSamples]:
     """Dense samples of a group of rotated ROIs (of their bin rows ``rows = (py0, py1)`` only if
     given: the samples of those rows, as the whole ROI has them).
@@ -108,6 +108,9 @@ def rotated_samples(
             are laid out (a window of fewer where the map holds fewer, see the module
             docstring), those past an ROI's own grid get weight 0.
         size: (H, W) of the level. dtype: of the returned coordinates and weights.
+        window: lay out only the window of samples the map can hold; False lays out all
+            ``g_h x g_w`` (the ONNX path, :func:`.static.rotated_grid_sample_static`, whose
+            ``g_h``, ``g_w`` may be traced values: the window's size is read on the host).
     Returns:
         (ys, xs): :class:`.geometry.AxisSamples`, each (n, Ph, Pw, G_h, G_w), ``G <= g``
         (``py1 - py0`` rows instead of Ph with ``rows``).
@@ -116,16 +119,19 @@ def rotated_samples(
     py0, py1 = rows if rows is not None else (0, ph)
     h, w = size
     f64 = dict(dtype=torch.float64, device=cx.device)
-    yy_lo, yy_hi, xx_lo, xx_hi = _spans(cx, cy, theta, size, output_size)
-    bound_h, first_i = _window(yy_lo, yy_hi, height, ph, gh)
-    bound_w, first_j = _window(xx_lo, xx_hi, width, pw, gw)
-    win_h, win_w = min(g_h, int(bound_h.max())), min(g_w, int(bound_w.max()))
-    i = torch.arange(win_h, **f64)[None, None, None, :, None]
-    j = torch.arange(win_w, **f64)[None, None, None, None, :]
-    if win_h < g_h:  # each bin's window starts at its first sample that can be on the map
-        i = i + first_i[:, py0:py1].to(torch.float64)[:, :, None, None, None]
-    if win_w < g_w:
-        j = j + first_j.to(torch.float64)[:, None, :, None, None]
+    i = torch.arange(g_h, **f64)[None, None, None, :, None]
+    j = torch.arange(g_w, **f64)[None, None, None, None, :]
+    if window and cx.numel():
+        yy_lo, yy_hi, xx_lo, xx_hi = _spans(cx, cy, theta, size, output_size)
+        bound_h, first_i = _window(yy_lo, yy_hi, height, ph, gh)
+        bound_w, first_j = _window(xx_lo, xx_hi, width, pw, gw)
+        win_h, win_w = min(g_h, int(bound_h.max())), min(g_w, int(bound_w.max()))
+        if win_h < g_h:  # each bin's window starts at its first sample that can be on the map
+            i = torch.arange(win_h, **f64)[None, None, None, :, None]
+            i = i + first_i[:, py0:py1].to(torch.float64)[:, :, None, None, None]
+        if win_w < g_w:
+            j = torch.arange(win_w, **f64)[None, None, None, None, :]
+            j = j + first_j.to(torch.float64)[:, None, :, None, None]
     i, j = i + 0.5, j + 0.5
     gy, gx = gh.to(torch.float64)[:, None, None, None, None], gw.to(torch.float64)[:, None, None, None, None]
     bin_h = (height / ph)[:, None, None, None, None]

@@ -30,6 +30,10 @@ Semantics follow ``detectron2/layers/csrc/box_iou_rotated/box_iou_rotated_utils.
   indices (int64) in that order. IoUs are rounded to the boxes' dtype before the comparison,
   as the kernel computes them in that dtype.
 
+Both have an exportable form at the end of the file (``box_iou_rotated_static``,
+``nms_rotated_static``): the same rules in tensor operations only, which
+``roi_plugin/export/rotated_nms.py`` turns into ONNX operators.
+
 The intersection area is exact up to float64 rounding: the rectangle of box 1 is clipped by
 the four sides of box 2 (Sutherland-Hodgman, vectorised over pairs; a convex k-gon clipped by
 a half-plane has at most k+1 corners, so 4 -> 5 -> 6 -> 7 -> 8 slots, with unused slots
@@ -55,6 +59,9 @@ __all__ = [
     "pairwise_iou_rotated_float64",
     "box_iou_rotated",
     "nms_rotated",
+    "box_iou_rotated_static",
+    "nms_rotated_static",
+    "greedy_keep",
     "rotated_box_vertices",
     "register_rotated_ops",
 ]
@@ -108,8 +115,9 @@ def _clip(poly: torch.Tensor, axis: int, bound: torch.Tensor, side: float) -> to
     cand = torch.stack([cut, nxt], dim=2).reshape(P, 2 * K, 2)
     valid = torch.stack([crossing, in_nxt], dim=2).reshape(P, 2 * K)
     # compact the valid points in order into K+1 slots (slot K+1 collects the rest)
-    count = valid.sum(dim=1, keepdim=True)
-    pos = torch.where(valid, (valid.cumsum(dim=1) - 1).clamp(max=K + 1), K + 1)
+    rank = valid.to(torch.int64).cumsum(dim=1)  # (int64: ONNX CumSum takes no bool)
+    count = rank[:, -1:]
+    pos = torch.where(valid, (rank - 1).clamp(max=K + 1), K + 1)
     out = cand.new_zeros(P, K + 2, 2).scatter_(1, pos[..., None].expand(P, 2 * K, 2), cand)
     slot = torch.minimum(torch.arange(K + 1, device=poly.device), (count - 1).clamp(min=0))
     return out.gather(1, slot[..., None].expand(P, K + 1, 2))
@@ -122,8 +130,7 @@ def _intersection_area(b1: torch.Tensor, b2: torch.Tensor) -> torch.Tensor:
     expressed in box 2's frame, where box 2 is ``[-|w|/2, |w|/2] x [-|h|/2, |h|/2]``; then box 1
     is clipped by box 2's four sides and the area is the shoelace formula.
     """
-    rel = b1.clone()
-    rel[:, :2] -= b2[:, :2]
+    rel = torch.cat([b1[:, :2] - b2[:, :2], b1[:, 2:]], dim=1)
     corners = rotated_box_vertices(rel)  # (P, 4, 2) relative to box 2's centre
     theta = b2[:, 4] * _DEG_TO_RAD
     cos, sin = torch.cos(theta)[:, None], torch.sin(theta)[:, None]
@@ -148,33 +155,48 @@ def _half_extents(b: torch.Tensor) -> torch.Tensor:
     return torch.stack([c * w + s * h, s * w + c * h], dim=1) / 2
 
 
+def _candidate_mask(
+    b1: torch.Tensor, b2: torch.Tensor, e1: torch.Tensor, e2: torch.Tensor, a1: torch.Tensor, a2: torch.Tensor,
+    min_iou,
+) -> torch.Tensor:
+    """(n, M) pairs of the rows ``b1`` (n, 5) and ``b2`` (M, 5) whose IoU may be non-zero, or
+    may reach ``min_iou`` (a float, or a 0-d tensor in the exportable form).
+
+    A pair is ruled out when an area is below 1e-14 (IoU 0 by definition) or when an upper
+    bound of its IoU rules it out: the intersection is at most ``min(area1, area2, hull
+    overlap)``, the hull overlap being that of the two axis-aligned hulls (exact at angle 0),
+    and the union at least ``area1 + area2`` minus that. ``e1``, ``e2`` are the hulls' half
+    extents, widened by 1e-6 relative so that no pair is dropped by rounding; ``a1``, ``a2`` the
+    areas. With ``min_iou <= 0`` the bound rules out nothing that the overlap test keeps.
+    """
+    ox = (e1[:, None, 0] + e2[None, :, 0] - (b1[:, None, 0] - b2[None, :, 0]).abs()).clamp(min=0)
+    oy = (e1[:, None, 1] + e2[None, :, 1] - (b1[:, None, 1] - b2[None, :, 1]).abs()).clamp(min=0)
+    inter = torch.minimum(ox * oy, torch.minimum(a1[:, None], a2[None, :]))
+    near = (inter > 0) & (a1[:, None] >= _MIN_AREA) & (a2[None, :] >= _MIN_AREA)
+    if isinstance(min_iou, torch.Tensor) or min_iou > 0:
+        bound = inter / (a1[:, None] + a2[None, :] - inter)
+        near = near & (bound >= min_iou * (1 - 1e-6))
+    return near
+
+
+def _hulls(b: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The widened half extents of the axis-aligned hulls and the areas of (N, 5) float64 boxes."""
+    return _half_extents(b) * (1 + 1e-6) + 1e-9, b[:, 2] * b[:, 3]
+
+
 def _candidate_pairs(
     b1: torch.Tensor, b2: torch.Tensor, upper_only: bool, min_iou: float = 0.0
 ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Index pairs (i, j) whose IoU may be non-zero (``min_iou`` 0) or may reach ``min_iou``.
-
-    A pair is skipped when an area is below 1e-14 (IoU 0 by definition) or when an upper
-    bound of its IoU rules it out: the intersection is at most ``min(area1, area2, hull
-    overlap)``, the hull overlap being that of the two axis-aligned hulls (exact at angle 0),
-    and the union at least ``area1 + area2`` minus that. Hulls are widened by 1e-6 relative
-    so that no pair is dropped by rounding. ``upper_only`` keeps ``i < j`` (b1 is b2).
-    """
+    """Index pairs (i, j) of :func:`_candidate_mask`, by blocks of rows to bound memory.
+    ``upper_only`` keeps ``i < j`` (b1 is b2)."""
     N, M = b1.shape[0], b2.shape[0]
-    e1 = _half_extents(b1) * (1 + 1e-6) + 1e-9
-    e2 = _half_extents(b2) * (1 + 1e-6) + 1e-9
-    a1 = b1[:, 2] * b1[:, 3]
-    a2 = b2[:, 2] * b2[:, 3]
+    e1, a1 = _hulls(b1)
+    e2, a2 = _hulls(b2)
     rows = max(1, _SEARCH_BLOCK // max(M, 1))
     ii, jj = [], []
     for s in range(0, N, rows):
         e = min(N, s + rows)
-        ox = (e1[s:e, None, 0] + e2[None, :, 0] - (b1[s:e, None, 0] - b2[None, :, 0]).abs()).clamp(min=0)
-        oy = (e1[s:e, None, 1] + e2[None, :, 1] - (b1[s:e, None, 1] - b2[None, :, 1]).abs()).clamp(min=0)
-        inter = torch.minimum(ox * oy, torch.minimum(a1[s:e, None], a2[None, :]))
-        near = (inter > 0) & (a1[s:e, None] >= _MIN_AREA) & (a2[None, :] >= _MIN_AREA)
-        if min_iou > 0:
-            bound = inter / (a1[s:e, None] + a2[None, :] - inter)
-            near &= bound >= min_iou * (1 - 1e-6)
+        near = _candidate_mask(b1[s:e], b2, e1[s:e], e2, a1[s:e], a2, min_iou)
         if upper_only:
             near &= torch.arange(s, e, device=b1.device)[:, None] < torch.arange(M, device=b1.device)[None, :]
         i, j = near.nonzero(as_tuple=True)
@@ -186,13 +208,15 @@ def _candidate_pairs(
     return torch.cat(ii), torch.cat(jj)
 
 
+def _iou_of_pairs(x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+    """IoU of P pairs of float64 boxes (P, 5) each: ``I / (area1 + area2 - I)``."""
+    inter = _intersection_area(x1, x2)
+    return inter / (x1[:, 2] * x1[:, 3] + x2[:, 2] * x2[:, 3] - inter)
+
+
 def _pair_iou(b1: torch.Tensor, b2: torch.Tensor) -> torch.Tensor:
-    """IoU of P pairs of float64 boxes (P, 5) each, in chunks."""
-    out = []
-    for s in range(0, b1.shape[0], _PAIR_CHUNK):
-        x1, x2 = b1[s : s + _PAIR_CHUNK], b2[s : s + _PAIR_CHUNK]
-        inter = _intersection_area(x1, x2)
-        out.append(inter / (x1[:, 2] * x1[:, 3] + x2[:, 2] * x2[:, 3] - inter))
+    """:func:`_iou_of_pairs` in chunks of pairs (bounded memory)."""
+    out = [_iou_of_pairs(b1[s : s + _PAIR_CHUNK], b2[s : s + _PAIR_CHUNK]) for s in range(0, b1.shape[0], _PAIR_CHUNK)]
     return torch.cat(out) if out else b1.new_empty(0)
 
 
@@ -259,6 +283,71 @@ def _nms_rotated(dets: torch.Tensor, scores: torch.Tensor, iou_threshold: float)
         for m in dst[starts[k] : starts[k + 1]].tolist():
             suppressed[m] = True
     return order[torch.tensor(keep, dtype=torch.int64, device=order.device)]
+
+
+# ----------------------------------------------------------------------- the exportable forms
+# The operators above find candidate pairs by blocks of rows, compute their IoU in chunks and run
+# the greedy pass in Python: shapes and loop counts a trace would freeze. The forms below compute
+# the same thing with tensor operations only (the candidate mask of all pairs at once, the exact
+# IoU of its pairs, a TorchScript loop for the greedy pass), so that ``torch.onnx.export`` turns
+# them into ONNX operators (``NonZero``, ``ScatterElements``, ``TopK``, ``Loop``):
+# ``roi_plugin/export/rotated_nms.py`` puts them in place of ``detectron2::box_iou_rotated`` /
+# ``detectron2::nms_rotated`` in an ONNX graph. The rules are the functions above, so the values
+# are the same; memory is O(N * M) (the dense candidate mask and IoU matrix), not bounded.
+
+
+def _dense_iou(b1: torch.Tensor, b2: torch.Tensor, min_iou, upper_only: bool) -> torch.Tensor:
+    """(N, M) float64 IoU of float64 boxes, 0 where :func:`_candidate_mask` rules a pair out
+    (and, with ``upper_only``, for ``i >= j``); no blocks, chunks or Python branches on data."""
+    n, m = b1.shape[0], b2.shape[0]
+    e1, a1 = _hulls(b1)
+    e2, a2 = _hulls(b2)
+    near = _candidate_mask(b1, b2, e1, e2, a1, a2, min_iou)
+    if upper_only:
+        near = near & (torch.arange(n, device=b1.device)[:, None] < torch.arange(m, device=b1.device)[None, :])
+    i, j = near.nonzero(as_tuple=True)
+    return b1.new_zeros((n, m)).index_put((i, j), _iou_of_pairs(b1[i], b2[j]))
+
+
+def box_iou_rotated_static(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
+    """:func:`box_iou_rotated` in exportable form: (N, M) float32 IoU, the same values."""
+    return _dense_iou(boxes1.to(torch.float64), boxes2.to(torch.float64), 0.0, upper_only=False).to(torch.float32)
+
+
+@torch.jit.script_if_tracing
+def greedy_keep(suppress: torch.Tensor) -> torch.Tensor:
+    """The greedy pass of NMS: ``suppress`` (n, n) bool, ``[i, j]``: box i (in score order)
+    suppresses box j > i if kept. Returns (n,) bool, the boxes kept.
+
+    Box k is kept when no kept box before it suppresses it; by step k every box before k is
+    settled, so one pass in order is the greedy rule. A loop of n steps (ONNX ``Loop`` when
+    traced: TorchScript keeps the loop), each one row operation.
+    """
+    n = suppress.shape[0]
+    removed = torch.zeros([n], dtype=torch.bool, device=suppress.device)
+    for k in range(n):
+        removed = removed | (suppress[k] & ~removed[k])
+    return ~removed
+
+
+def nms_rotated_static(dets: torch.Tensor, scores: torch.Tensor, iou_threshold) -> torch.Tensor:
+    """:func:`nms_rotated` in exportable form: the same kept indices (int64), by decreasing score.
+
+    ``iou_threshold``: a float, or a 0-d float32 tensor (a graph input). Order from
+    ``scores.sort(0, descending=True)`` (ONNX ``TopK``, which breaks ties by index: a stable
+    sort; PyTorch's CPU sort does not promise one, so boxes of *equal* scores may be visited in
+    another order than :func:`nms_rotated`'s), IoU of the candidate pairs exact in float64 and
+    rounded to the boxes' dtype, suppression at IoU ``>=`` threshold, then :func:`greedy_keep`.
+    A threshold <= 0 suppresses every later box (IoU 0 included), as :func:`nms_rotated` does.
+    """
+    order = scores.sort(0, descending=True)[1]
+    boxes = dets.detach()[order].to(torch.float64)
+    iou = _dense_iou(boxes, boxes, iou_threshold, upper_only=True)
+    if dets.dtype != torch.float64:  # the kernel's IoU is a scalar_t
+        iou = iou.to(torch.float32)
+    n = boxes.shape[0]
+    later = torch.arange(n, device=dets.device)[:, None] < torch.arange(n, device=dets.device)[None, :]
+    return order[greedy_keep((iou >= iou_threshold) & later)]
 
 
 def _box_iou_rotated_fake(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:

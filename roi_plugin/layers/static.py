@@ -30,6 +30,14 @@ layout, and the samples are weighted by a mask:
 The number of ROIs and of images stay dynamic; the cost is ``levels x images`` times the
 eager work, irrelevant for export. Sample coordinates and weights are those of
 :mod:`.geometry` (same expressions), so values match the eager samplers'.
+
+:func:`rotated_grid_sample_static` (rotated boxes, ``ROIAlignRotated``; ONNX ``RoiAlign`` has
+no rotation): the samples of :func:`.rotated_geometry.rotated_samples`, the operators' own
+rule, read by ``GridSample`` as the grid_sample sampler reads them
+(:func:`.grid_sample.sample_points`) and summed per bin. Per level it takes the ROIs routed there
+(``NonZero``: a data-dependent count, which ONNX allows) and lays them out on the largest
+adaptive grid among them, each ROI's samples past its own grid weighted 0: exact under adaptive
+sampling, with no cap, at ``B x C x n_level x Ph x Pw x Gh x Gw`` samples per level.
 """
 from typing import List, Sequence, Tuple
 
@@ -38,8 +46,10 @@ import torch.nn.functional as F
 import torchvision
 
 from .geometry import compute_dtype, level_boxes, on_map, sample_coordinates, samples_per_bin
+from .grid_sample import sample_points
+from .rotated_geometry import rotated_level_boxes, rotated_samples
 
-__all__ = ["EXPORT_MAX_GRID", "grid_sample_static", "roi_align_levels"]
+__all__ = ["EXPORT_MAX_GRID", "grid_sample_static", "roi_align_levels", "rotated_grid_sample_static"]
 
 # Samples per bin and axis that the static (export) path lays out under adaptive sampling
 # (``sampling_ratio=0``); see :func:`grid_sample_static`.
@@ -152,4 +162,53 @@ def grid_sample_static(
         pooled = (samples * weight[:, None]).sum(0)  # (C, K, ph*G, pw*G)
         pooled = pooled.reshape(channels, -1, ph, gmax, pw, gmax).sum((3, 5)).permute(1, 0, 2, 3)
         out = pooled if out is None else out + pooled
+    return out.to(dtype)
+
+
+def rotated_grid_sample_static(
+    x: List[torch.Tensor], rois: torch.Tensor, level_of: torch.Tensor, scales: Sequence[float],
+    output_size: Tuple[int, int], sampling_ratio: int,
+) -> torch.Tensor:
+    """Pool rotated ``rois`` (K, 6) ``batch_index, x_ctr, y_ctr, w, h, angle`` from the maps ``x``
+    (B, C, H_l, W_l) with ``F.grid_sample`` only: the operators' values (up to ``grid_sample``'s
+    float32 coordinates, as the grid_sample sampler), at every sampling ratio, adaptive included.
+
+    Args:
+        level_of: (K,) level of each ROI (index into ``x``).
+    Returns:
+        (K, C, Ph, Pw) pooled features in the features' dtype.
+    """
+    ph, pw = output_size
+    dtype = x[0].dtype
+    work = compute_dtype(dtype)
+    boxes = rois[:, 1:].to(torch.float64)  # the rotated geometry runs in float64
+    image = rois[:, 0].to(torch.int64)
+    out = x[0].new_zeros((rois.shape[0], x[0].shape[1], ph, pw), dtype=work)
+    one = torch.ones(1, dtype=torch.int64, device=rois.device)
+    for level, (feat, scale) in enumerate(zip(x, scales)):
+        bsz, channels, h, w = feat.shape
+        idx = (level_of == level).nonzero()[:, 0]  # the ROIs of this level, n of them
+        n = idx.shape[0]
+        cx, cy, width, height, theta = rotated_level_boxes(boxes[idx], scale)
+        gh, gw = samples_per_bin(height, ph, sampling_ratio), samples_per_bin(width, pw, sampling_ratio)
+        # the layout: the largest grid of the level (at least 1, also for a level without ROIs)
+        g_h = sampling_ratio if sampling_ratio > 0 else torch.cat([gh, one]).max()
+        g_w = sampling_ratio if sampling_ratio > 0 else torch.cat([gw, one]).max()
+        ys, xs = rotated_samples(cx, cy, width, height, theta, output_size, gh.clamp(min=1), gw.clamp(min=1),
+                                 g_h, g_w, (h, w), work, window=False)
+        gy, gx, vy, vx = sample_points(ys, xs, h, w)  # each (n, ph, pw, Gh, Gw)
+        # an empty ROI (no samples under adaptive sampling) pools 0, as in the operators
+        weight = vy * vx * ((gh > 0) & (gw > 0)).to(work)[:, None, None, None, None]
+        # Shapes are given in full, n first: ONNX Reshape reads a 0 as "copy this axis", and a
+        # level without ROIs has n = 0 (its axis 0 is 0 too, so the copy is right).
+        per_bin = g_h * g_w
+        grid = torch.stack([gx, gy], -1).reshape(n, ph * pw * per_bin, 2)
+        samples = F.grid_sample(
+            feat.to(work), grid[None].expand(bsz, n, ph * pw * per_bin, 2), mode="bilinear",
+            padding_mode="border", align_corners=False,
+        ).reshape(bsz, channels, n, ph * pw, per_bin)
+        of_image = (image[idx][None, :] == torch.arange(bsz, device=image.device)[:, None]).to(work)  # (B, n)
+        weight = weight.reshape(n, ph * pw, per_bin)[None] * of_image[:, :, None, None]  # (B, n, ph*pw, G)
+        pooled = (samples * weight[:, None]).sum((0, 4))  # (C, n, ph*pw)
+        out = out.index_put((idx,), pooled.permute(1, 0, 2).reshape(n, channels, ph, pw))
     return out.to(dtype)

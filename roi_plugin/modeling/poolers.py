@@ -33,8 +33,9 @@ map's scale and zero point, as torchvision's ``roi_align`` does for one map.
 
 The one exception is ONNX export (``torch.onnx.export``), which cannot express the
 operators: there the ROIAlign types (mean mode) run :func:`..layers.static.roi_align_levels`,
-ONNX ``RoiAlign`` once per level (the same values; onnxruntime's kernel is torchvision's), or,
-through :class:`roi_plugin.export.branches.ExportablePooler`, the ``GridSample``-only
+ONNX ``RoiAlign`` once per level (the same values; onnxruntime's kernel is torchvision's), rotated
+boxes :func:`..layers.static.rotated_grid_sample_static` (ONNX ``GridSample``), or, through
+:class:`roi_plugin.export.branches.ExportablePooler`, the ``GridSample``-only
 :func:`..layers.static.grid_sample_static` for runtimes without ``RoiAlign``; the other types
 and modes raise ``NotImplementedError`` there.
 """
@@ -49,7 +50,7 @@ from ..layers import roi_align_ops  # noqa: F401  (registers torch.ops.roi_plugi
 from ..layers.geometry import compute_dtype
 from ..layers.levels import pyramid_levels, route_boxes
 from ..layers.roi_align_ops import OTHER_POOLER_TYPES, POOLER_TYPES, SAMPLERS
-from ..layers.static import EXPORT_MAX_GRID, grid_sample_static, roi_align_levels
+from ..layers.static import EXPORT_MAX_GRID, grid_sample_static, roi_align_levels, rotated_grid_sample_static
 from .all_levels import ALL_LEVELS, LevelConvFusion
 
 __all__ = ["ROIAlignPooler", "GridSampleROIPooler", "SAMPLERS", "POOLER_TYPES", "PLUGIN_POOLER_TYPES",
@@ -309,16 +310,17 @@ class ROIAlignPooler(nn.Module):
     def pool_rois(self, x: List[torch.Tensor], rois: torch.Tensor) -> torch.Tensor:
         """Pool ``rois`` (K, 5) ``batch_index, x1, y1, x2, y2`` ((K, 6) with a rotated box) in
         input-image pixels from the maps ``x`` -> (K, C, h, w): the operator, or under
-        ``torch.onnx.export`` (which cannot express it) ONNX ``RoiAlign`` per level."""
+        ``torch.onnx.export`` (which cannot express it) ONNX ``RoiAlign`` per level (rotated
+        boxes: ONNX ``GridSample``, ONNX ``RoiAlign`` having no rotation)."""
         if torch.onnx.is_in_onnx_export():
-            if self.rotated or self.pooler_type in OTHER_POOLER_TYPES or self.pool_mode != "avg":
+            if self.pooler_type in OTHER_POOLER_TYPES or self.pool_mode != "avg":
                 raise NotImplementedError(
                     f"ROIAlignPooler has no ONNX export for pooler_type {self.pooler_type!r}"
                     + (f" with pool_mode={self.pool_mode!r}" if self.pool_mode != "avg" else "")
-                    + " (ONNX RoiAlign pools ROIAlign / ROIAlignV2 means only); torch.jit.trace, torch.export "
-                    "and torch.compile run it"
+                    + " (ONNX RoiAlign and GridSample pool ROIAlign / ROIAlignV2 / ROIAlignRotated means only); "
+                    "torch.jit.trace, torch.export and torch.compile run it"
                 )
-            pooled = self._roi_align_static(x, rois)
+            pooled = self._rotated_static(x, rois) if self.rotated else self._roi_align_static(x, rois)
             return pooled if self.fuse is None else self.fuse(pooled)
         return self._pool(x, rois)
 
@@ -360,6 +362,29 @@ class ROIAlignPooler(nn.Module):
         return roi_align_levels(
             x, rois, level_of, self.output_size_list, self.scale_list, self.sampling_ratio, self.aligned
         )
+
+    @torch.jit.unused
+    def _rotated_static(self, x: List[torch.Tensor], rois: torch.Tensor) -> torch.Tensor:
+        """The rotated ONNX path (:func:`.static.rotated_grid_sample_static`: ``GridSample`` on the
+        rotated geometry's samples, static code, exact under adaptive sampling) with this pooler's
+        level rule, ``roi_scale_factor`` and ``all_levels`` (before the ``"conv"`` fusion).
+
+        Args:
+            x: list of L feature maps (B, C, H_l, W_l).
+            rois: (K, 6) ``batch_index, x_ctr, y_ctr, w, h, angle`` in input-image pixels.
+        """
+        canonical = float(self.canonical_box_size)
+        if self.roi_scale_factor != 1.0:
+            rois = scale_rois(rois, self.roi_scale_factor)
+            canonical *= self.roi_scale_factor
+        if self.all_levels:
+            zero = torch.zeros_like(rois[:, 0], dtype=torch.int64)
+            pooled = [rotated_grid_sample_static([x[i]], rois, zero, [self.scales[i]], self.output_size,
+                                                 self.sampling_ratio) for i in range(len(x))]
+            return torch.stack(pooled) if self.all_levels == "conv" else torch.stack(pooled).sum(0)
+        level_of = route_boxes(rois[:, 1:].to(compute_dtype(x[0].dtype)), self.scales, canonical,
+                               self.canonical_level)
+        return rotated_grid_sample_static(x, rois, level_of, self.scales, self.output_size, self.sampling_ratio)
 
     @torch.jit.unused
     def _grid_sample_static(
