@@ -6,6 +6,7 @@ differs) and write their AP to ``results/all_levels.md`` (and ``.json``).
 
     python tools/run_all_levels.py                                  # train all three (~45-60 min on 2 cores)
     python tools/run_all_levels.py --lock /work/team/heavy.lock     # each training run under flock
+    python tools/run_all_levels.py --runs off sum                   # the main job and the sum only (~30 min)
     python tools/run_all_levels.py --skip-training                  # only collect from finished runs
 
 Each run is ``tools/train_net.py --config-file <config>``; trailing arguments are config
@@ -26,6 +27,9 @@ from run_twins import KEYS, _collect, _output_dir  # the twins' reading of a run
 
 REPO = Path(__file__).resolve().parents[1]
 BASELINE = "off (the main job: one level per ROI by the FPN rule)"
+# --runs names -> run titles (the keys of RUNS)
+SHORT = {"off": BASELINE, "sum": 'ALL_LEVELS "sum" (all four levels summed)',
+         "conv": 'ALL_LEVELS "conv" (shared 3x3 conv + ReLU per level, sum, 3x3 conv + ReLU)'}
 RUNS = {
     BASELINE: "configs/shapes/mask_rcnn_plugin.yaml",
     'ALL_LEVELS "sum" (all four levels summed)': "configs/shapes/mask_rcnn_plugin_all_levels_sum.yaml",
@@ -89,10 +93,14 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--skip-training", action="store_true", help="collect from finished runs only")
     parser.add_argument("--lock", default="", help="run each training under `flock LOCK` (a shared machine)")
+    parser.add_argument("--runs", nargs="+", choices=list(SHORT), default=list(SHORT),
+                        help="which runs (default: all three)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides for every run")
     args = parser.parse_args(argv)
     runs = {}
     for name, config in RUNS.items():
+        if name not in {SHORT[r] for r in args.runs}:
+            continue
         if not args.skip_training:
             cmd = [sys.executable, str(REPO / "tools" / "train_net.py"), "--config-file", config, *args.opts]
             if args.lock:
