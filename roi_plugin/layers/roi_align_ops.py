@@ -318,6 +318,33 @@ def _shapes(sizes) -> List[tuple]:
     return [tuple(int(v) for v in sizes[4 * i:4 * i + 4]) for i in range(len(sizes) // 4)]
 
 
+def _argmax_operator(op, backward_op) -> None:
+    """Fakes and the first derivative of an operator that returns ``(pooled, int32 argmax)``
+    and whose ``backward_op(grad, argmax, rois, sizes, dtype, *settings)`` sends each output's
+    gradient to its winner (ROIPool, max mode): one rule for both."""
+
+    @op.register_fake
+    def _(features, rois, output_size, *settings):
+        shape = (rois.shape[0], features[0].shape[1], output_size[0], output_size[1])
+        return features[0].new_empty(shape), features[0].new_empty(shape, dtype=torch.int32)
+
+    @backward_op.register_fake
+    def _(grad, argmax, rois, sizes, dtype, *settings):
+        return [grad.new_empty(tuple(sizes[i:i + 4]), dtype=dtype) for i in range(0, len(sizes), 4)]
+
+    def setup(ctx, inputs, output):
+        features, rois, *settings = inputs
+        ctx.save_for_backward(output[1], rois)
+        ctx.sizes, ctx.dtype, ctx.settings = _flat_sizes(features), features[0].dtype, settings
+
+    def grad_fn(ctx, grad, _grad_argmax):
+        argmax, rois = ctx.saved_tensors
+        grads = backward_op(grad, argmax, rois, ctx.sizes, ctx.dtype, *ctx.settings)
+        return (list(grads), None) + (None,) * len(ctx.settings)
+
+    op.register_autograd(grad_fn, setup_context=setup)
+
+
 # ROIPool: forward -> (pooled, argmax: the kernel's winner y * W + x in its plane, -1 for none)
 def _roi_pool_impl(features, rois, output_size, scales, sampling_ratio, pooler_type, canonical_box_size,
                    canonical_level, single_thread):
@@ -341,27 +368,7 @@ def roi_pool_backward(grad, argmax, rois, sizes, dtype, output_size, scales, sam
         return roi_pool_backward_impl(grad, argmax, rois.detach(), level_of, _shapes(sizes), scales, dtype)
 
 
-@roi_pool.register_fake
-def _(features, rois, output_size, *settings):
-    shape = (rois.shape[0], features[0].shape[1], output_size[0], output_size[1])
-    return features[0].new_empty(shape), features[0].new_empty(shape, dtype=torch.int32)
-
-
-@roi_pool_backward.register_fake
-def _(grad, argmax, rois, sizes, dtype, *settings):
-    return [grad.new_empty(tuple(sizes[i:i + 4]), dtype=dtype) for i in range(0, len(sizes), 4)]
-
-
-def _roi_pool_setup(ctx, inputs, output):
-    features, rois, *settings = inputs
-    ctx.save_for_backward(output[1], rois)
-    ctx.sizes, ctx.dtype, ctx.settings = _flat_sizes(features), features[0].dtype, settings
-
-
-def _roi_pool_grad(ctx, grad, _grad_argmax):
-    argmax, rois = ctx.saved_tensors
-    grads = roi_pool_backward(grad, argmax, rois, ctx.sizes, ctx.dtype, *ctx.settings)
-    return (list(grads), None) + (None,) * len(ctx.settings)
+_argmax_operator(roi_pool, roi_pool_backward)
 
 
 def _roi_pool_backward_setup(ctx, inputs, output):
@@ -387,7 +394,6 @@ def _roi_pool_backward_grad(ctx, grad_grads):
     return (out, None, None, None, None) + (None,) * len(ctx.settings)
 
 
-roi_pool.register_autograd(_roi_pool_grad, setup_context=_roi_pool_setup)
 roi_pool_backward.register_autograd(_roi_pool_backward_grad, setup_context=_roi_pool_backward_setup)
 
 
@@ -504,27 +510,4 @@ def roi_align_max_backward(grad, argmax, rois, sizes, dtype, output_size, scales
         return roi_align_max_backward_impl(grad, argmax, levels, shapes, dtype, r.compute_dtype)
 
 
-@roi_align_max.register_fake
-def _(features, rois, output_size, *settings):
-    shape = (rois.shape[0], features[0].shape[1], output_size[0], output_size[1])
-    return features[0].new_empty(shape), features[0].new_empty(shape, dtype=torch.int32)
-
-
-@roi_align_max_backward.register_fake
-def _(grad, argmax, rois, sizes, dtype, *settings):
-    return [grad.new_empty(tuple(sizes[i:i + 4]), dtype=dtype) for i in range(0, len(sizes), 4)]
-
-
-def _max_setup(ctx, inputs, output):
-    features, rois, *settings = inputs
-    ctx.save_for_backward(output[1], rois)
-    ctx.sizes, ctx.dtype, ctx.settings = _flat_sizes(features), features[0].dtype, settings
-
-
-def _max_grad(ctx, grad, _grad_argmax):
-    argmax, rois = ctx.saved_tensors
-    grads = roi_align_max_backward(grad, argmax, rois, ctx.sizes, ctx.dtype, *ctx.settings)
-    return (list(grads), None) + (None,) * len(ctx.settings)
-
-
-roi_align_max.register_autograd(_max_grad, setup_context=_max_setup)
+_argmax_operator(roi_align_max, roi_align_max_backward)
