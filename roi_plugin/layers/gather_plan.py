@@ -56,6 +56,12 @@ _MIN_BLOCK_TAPS = 2**15
 _SORT_FACTOR = 4  # the backward's transient per tap (rows, weights, bins, the sort's), in taps
 _BIN_TAPS = 4  # a bin's (or a segment's) own int32 temporaries, in taps
 _SAMPLE_TAPS = 16  # the temporaries of one sample of axis_taps, in taps
+# Rotated blocks get this many times the budget: each block lays out its ROIs' sample groups
+# anew (per level and grid size, some hundred operator calls a group), so a quarter of the
+# output cut Detectron2-sized calls at 64-128 channels into 6-13 blocks and took 1.4x-1.8x the
+# time of one block (2 x 512 ROIs, 400x608, P2..P5). With 16 such calls are one block again;
+# many-sample inputs, whose output is small, are still cut by the floor and the bin rows.
+_ROTATED_BUDGET_FACTOR = 16
 
 
 class GatherPlan(NamedTuple):
@@ -343,14 +349,11 @@ def rotated_gather_plan(
         levels_of: ``(r0, r1, rows) ->`` the sample groups of ROIs ``r0..r1-1`` (their ``rois``
             counted from ``r0``), of their bin rows ``rows = (py0, py1)`` only if not None:
             :func:`.rotated_geometry.rotated_sample_groups` on those ROIs.
-        max_taps: taps per block (:func:`plan_budget`).
-        axis_rule: another pooling rule's separable taps, ``axis_rule(boxes, scale, heights,
-            widths) -> (ys, xs)`` :class:`.axis_taps.AxisTaps` (each ROI's level scale and map
-            size, (N,)); the PrRoIPool integrals of :mod:`.prroi_pool`. Default: ROIAlign's
-            samples (``sampling_ratio``, ``aligned``), merged to distinct pixels.
+        max_taps: taps per block (:func:`plan_budget`), times :data:`_ROTATED_BUDGET_FACTOR`.
     """
     ph, pw = output_size
     nbins = ph * pw
+    max_taps *= _ROTATED_BUDGET_FACTOR
     device, n = level_of.device, level_of.numel()
     dense, first_row, row0 = _dense_levels(sizes, torch.bincount(level_of, minlength=len(sizes)).tolist())
     row_cost = torch.div(4 * samples_of, ph, rounding_mode="floor") + _BIN_TAPS * pw
