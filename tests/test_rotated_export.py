@@ -286,3 +286,43 @@ def test_export_model_tool_rotated(tmp_path):
     assert "| 112x96 | RRPN |" in text
     for name in ("model.onnx", "model_batched.onnx", "nms_rotated.onnx", "model.ts"):
         assert os.path.exists(tmp_path / "out" / name)
+
+
+class _ClipLike(torch.nn.Module):
+    """RotatedBoxes.clip's pattern: assign through the indices of the near-upright boxes."""
+
+    def forward(self, t):
+        t = t.clone()
+        idx = torch.where(torch.abs(t[:, 4]) <= 1.0)[0]
+        t[idx, 0] = t[idx, 0].clamp(min=0, max=50)
+        return t
+
+
+def _boxes(n, upright):
+    t = torch.rand(n, 5, generator=torch.Generator().manual_seed(n)) * 60
+    t[:, 4] = 30.0
+    t[:upright, 4] = 0.5
+    return t
+
+
+def test_one_element_index_put_is_what_the_exporter_mistraces(tmp_path):
+    """torch.onnx.export gives an index_put traced with a one-element index a scalar value
+    shape (the graph then fails on other lengths); export/onnx_model.example_image avoids such
+    examples, counted by one_element_index_puts. If this starts passing the other way, PyTorch
+    fixed it and the redraw can go."""
+    import onnxruntime as ort
+
+    from roi_plugin.export.onnx_model import one_element_index_puts
+
+    assert [one_element_index_puts(_ClipLike(), _boxes(20, k)) for k in (0, 1, 2, 5)] == [0, 1, 0, 0]
+    for traced_with, fails in ((1, True), (3, False)):
+        path = str(tmp_path / f"clip{traced_with}.onnx")
+        torch.onnx.export(_ClipLike(), (_boxes(20, traced_with),), path, input_names=["t"], output_names=["o"],
+                          dynamic_axes={"t": {0: "n"}, "o": {0: "n"}}, opset_version=17, dynamo=False)
+        session = ort.InferenceSession(path)
+        t = _boxes(30, 11)
+        if fails:
+            with pytest.raises(Exception, match="requested shape"):
+                session.run(None, {"t": t.numpy()})
+        else:
+            assert torch.equal(torch.from_numpy(session.run(None, {"t": t.numpy()})[0]), _ClipLike()(t))

@@ -62,7 +62,7 @@ from detectron2.modeling import build_model
 
 from roi_plugin import add_roi_plugin_config
 from roi_plugin.export.onnx_batch import export_batched_onnx, run_onnx_batched
-from roi_plugin.export.onnx_model import compare, export_model_onnx, run_eager, run_onnx
+from roi_plugin.export.onnx_model import compare, example_image, export_model_onnx, run_eager, run_onnx
 from roi_plugin.export.rotated_nms import export_nms_rotated
 from roi_plugin.export.torchscript_model import export_torchscript, run_torchscript
 from timing import time_call
@@ -295,8 +295,8 @@ def export_and_verify(cfg, checkpoint, out_dir, args, label, state_dict=None):
         DetectionCheckpointer(model).load(checkpoint or cfg.MODEL.WEIGHTS)
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, "model.onnx")
-    g = torch.Generator().manual_seed(123)
-    example = torch.rand(3, args.height, args.width, generator=g) * 255
+    # a random image, drawn again where torch.onnx.export would mistrace it (export/onnx_model.py)
+    example = example_image(model, args.height, args.width)
     t0 = time.perf_counter()
     try:
         names = export_model_onnx(model, example, path, args.opset)

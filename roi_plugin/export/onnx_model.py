@@ -20,6 +20,14 @@ Comparison (:func:`compare`): detections are paired one to one (same class, scor
 tolerance, nearest box: scores that tie to float precision may leave top-k/NMS in either order);
 boxes and scores by max absolute difference, masks by the IoU of the masks pasted into the image
 at threshold 0.5 (Detectron2's own) and by the max difference of the mask probabilities.
+
+The example traced (:func:`example_image`): ``torch.onnx.export`` (TorchScript-based) gives an
+``index_put`` traced with a one-element tensor index (``t[idx, 0] = v`` with ``idx`` of length
+1) a scalar value shape, so the graph fails in onnxruntime on any other length ("Input shape:{11},
+requested shape:{}"); lengths 0 and 2+ export correctly. Detectron2's ``RotatedBoxes.clip``
+(RRPN's proposals, the rotated heads' detections) assigns through the indices of its
+near-upright boxes, whose number depends on the image: the random example is drawn again until
+no ``index_put`` of the eager run has a one-element index.
 """
 from typing import Dict, List, Sequence
 
@@ -34,7 +42,7 @@ from detectron2.structures import Boxes, Instances
 from . import require_onnx
 from .rotated_nms import DOMAIN, inline_rotated_functions, rotated_symbolics
 
-__all__ = ["trace_adapter", "export_model_onnx", "run_eager", "run_onnx", "compare", "OUTPUT_FIELDS"]
+__all__ = ["trace_adapter", "example_image", "one_element_index_puts", "export_model_onnx", "run_eager", "run_onnx", "compare", "OUTPUT_FIELDS"]
 
 OUTPUT_FIELDS = ("pred_boxes", "scores", "pred_classes", "pred_masks")
 
@@ -43,6 +51,39 @@ def _inference(model, inputs):
     # do_postprocess=False: ROI masks (N, 1, M, M) instead of image-sized masks, as Detectron2's
     # export tool does; detector_postprocess pastes them outside the graph.
     return model.inference(inputs, do_postprocess=False)
+
+
+def one_element_index_puts(fn, *args) -> int:
+    """How many ``index_put`` calls of ``fn(*args)`` index with a one-element tensor (recorded
+    by a ``TorchDispatchMode``, under ``torch.no_grad``)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    puts = (torch.ops.aten.index_put.default, torch.ops.aten.index_put_.default,
+            torch.ops.aten._index_put_impl_.default)
+
+    class Recorder(TorchDispatchMode):
+        count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func in puts and any(i is not None and i.dim() > 0 and i.numel() == 1 for i in args[1]):
+                Recorder.count += 1
+            return func(*args, **(kwargs or {}))
+
+    with torch.no_grad(), Recorder():
+        fn(*args)
+    return Recorder.count
+
+
+def example_image(model: nn.Module, height: int, width: int, seed: int = 123, tries: int = 20) -> torch.Tensor:
+    """A random (3, H, W) image, pixels 0..255, that the exporter traces correctly: the first
+    draw (``seed``, ``seed + 1``, ...) whose eager inference has no ``index_put`` with a
+    one-element index (module docstring)."""
+    for k in range(tries):
+        image = torch.rand(3, height, width, generator=torch.Generator().manual_seed(seed + k)) * 255
+        if one_element_index_puts(_inference, model.eval(), [{"image": image}]) == 0:
+            return image
+    raise RuntimeError(f"no {height}x{width} example in {tries} draws avoids an index_put with a one-element "
+                       f"index (torch.onnx.export would give it a scalar shape); try another --height/--width")
 
 
 def trace_adapter(model: nn.Module, image: torch.Tensor) -> TracingAdapter:
