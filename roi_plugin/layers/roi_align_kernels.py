@@ -82,6 +82,40 @@ def _pick(level, v0, v1, v2, v3, v4, NUM_LEVELS: tl.constexpr):
     return v
 
 
+
+@triton.jit
+def _backward_tile(seg_ptr, d0, d1, d2, d3, d4, H0, W0, H1, W1, H2, W2, H3, W3, H4, W4, s0, s1, s2, s3, s4,
+                   P1, P2, P3, P4, B, TY: tl.constexpr, TX: tl.constexpr, NUM_LEVELS: tl.constexpr):
+    """What a backward program (axis 0 of the grid) owns: its level's gradient ``dst``, that map's
+    ``H``, ``W`` and ``scale``, its ``image``, its pixel tile's corner ``y0``, ``x0``, and the
+    range ``j0..j1`` of ``order`` holding the ROIs of its level and image. The programs of level ``l`` (``B`` images
+    times its tiles, row-major) start at ``P_l`` (``P0 = 0``); the upright and rotated backward
+    kernels share this layout."""
+    pid = tl.program_id(0)
+    level = pid * 0
+    if NUM_LEVELS > 1:
+        level += (pid >= P1).to(tl.int32)
+    if NUM_LEVELS > 2:
+        level += (pid >= P2).to(tl.int32)
+    if NUM_LEVELS > 3:
+        level += (pid >= P3).to(tl.int32)
+    if NUM_LEVELS > 4:
+        level += (pid >= P4).to(tl.int32)
+    dst = _pick(level, d0, d1, d2, d3, d4, NUM_LEVELS)
+    H = _pick(level, H0, H1, H2, H3, H4, NUM_LEVELS)
+    W = _pick(level, W0, W1, W2, W3, W4, NUM_LEVELS)
+    scale = _pick(level, s0, s1, s2, s3, s4, NUM_LEVELS)
+    first = _pick(level, 0, P1, P2, P3, P4, NUM_LEVELS)
+    tiles_x = (W + TX - 1) // TX
+    tiles = ((H + TY - 1) // TY) * tiles_x
+    image = (pid - first) // tiles
+    tile = (pid - first) % tiles
+    y0 = (tile // tiles_x) * TY
+    x0 = (tile % tiles_x) * TX
+    j0 = tl.load(seg_ptr + level * B + image)
+    j1 = tl.load(seg_ptr + level * B + image + 1)
+    return dst, H, W, scale, image, y0, x0, j0, j1
+
 @triton.jit
 def _axis(lo, hi, scale, POOLED: tl.constexpr, RATIO: tl.constexpr, ALIGNED: tl.constexpr, F64: tl.constexpr):
     """One axis of a box ``lo..hi`` (input pixels) on a level of ``scale``: its start and extent
@@ -272,30 +306,10 @@ def roi_align_backward_kernel(
     contiguous. ``order`` lists the ROIs by (level, image), stably; ROIs ``order[seg[l*B+b] :
     seg[l*B+b+1]]`` are those of level ``l`` and image ``b``. Grid: (programs, cdiv(C, CB)),
     the programs of level ``l`` (``B`` images times its tiles) starting at ``P_l`` (``P0 = 0``)."""
-    pid = tl.program_id(0)
     c0 = tl.program_id(1) * CB
-    level = pid * 0
-    if NUM_LEVELS > 1:
-        level += (pid >= P1).to(tl.int32)
-    if NUM_LEVELS > 2:
-        level += (pid >= P2).to(tl.int32)
-    if NUM_LEVELS > 3:
-        level += (pid >= P3).to(tl.int32)
-    if NUM_LEVELS > 4:
-        level += (pid >= P4).to(tl.int32)
-    dst = _pick(level, d0, d1, d2, d3, d4, NUM_LEVELS)
-    H = _pick(level, H0, H1, H2, H3, H4, NUM_LEVELS)
-    W = _pick(level, W0, W1, W2, W3, W4, NUM_LEVELS)
-    scale = _pick(level, s0, s1, s2, s3, s4, NUM_LEVELS)
-    first = _pick(level, 0, P1, P2, P3, P4, NUM_LEVELS)
-    tiles_x = (W + TX - 1) // TX
-    tiles = ((H + TY - 1) // TY) * tiles_x
-    image = (pid - first) // tiles
-    tile = (pid - first) % tiles
-    y0 = (tile // tiles_x) * TY
-    x0 = (tile % tiles_x) * TX
-    j0 = tl.load(seg_ptr + level * B + image)
-    j1 = tl.load(seg_ptr + level * B + image + 1)
+    dst, H, W, scale, image, y0, x0, j0, j1 = _backward_tile(
+        seg_ptr, d0, d1, d2, d3, d4, H0, W0, H1, W1, H2, W2, H3, W3, H4, W4, s0, s1, s2, s3, s4,
+        P1, P2, P3, P4, B, TY, TX, NUM_LEVELS)
 
     ch = c0 + tl.arange(0, CB)
     cmask = ch < C

@@ -21,7 +21,7 @@ formula for formula.
 import triton
 import triton.language as tl
 
-from .roi_align_kernels import _add_tap, _ct, _div, _pick, _taps
+from .roi_align_kernels import _add_tap, _backward_tile, _ct, _div, _pick, _taps
 
 __all__ = ["roi_align_rotated_forward_kernel", "roi_align_rotated_backward_kernel"]
 
@@ -138,30 +138,10 @@ def roi_align_rotated_backward_kernel(
 ):
     """The feature gradients ``d0..`` (B, C, H_l, W_l), contiguous, from ``grad`` (K, C, PH, PW),
     contiguous; ``order``, ``seg``, the grid and ``P1..`` as for the upright backward kernel."""
-    pid = tl.program_id(0)
     c0 = tl.program_id(1) * CB
-    level = pid * 0
-    if NUM_LEVELS > 1:
-        level += (pid >= P1).to(tl.int32)
-    if NUM_LEVELS > 2:
-        level += (pid >= P2).to(tl.int32)
-    if NUM_LEVELS > 3:
-        level += (pid >= P3).to(tl.int32)
-    if NUM_LEVELS > 4:
-        level += (pid >= P4).to(tl.int32)
-    dst = _pick(level, d0, d1, d2, d3, d4, NUM_LEVELS)
-    H = _pick(level, H0, H1, H2, H3, H4, NUM_LEVELS)
-    W = _pick(level, W0, W1, W2, W3, W4, NUM_LEVELS)
-    scale = _pick(level, s0, s1, s2, s3, s4, NUM_LEVELS)
-    first = _pick(level, 0, P1, P2, P3, P4, NUM_LEVELS)
-    tiles_x = (W + TX - 1) // TX
-    tiles = ((H + TY - 1) // TY) * tiles_x
-    image = (pid - first) // tiles
-    tile = (pid - first) % tiles
-    y0 = (tile // tiles_x) * TY
-    x0 = (tile % tiles_x) * TX
-    j0 = tl.load(seg_ptr + level * B + image)
-    j1 = tl.load(seg_ptr + level * B + image + 1)
+    dst, H, W, scale, image, y0, x0, j0, j1 = _backward_tile(
+        seg_ptr, d0, d1, d2, d3, d4, H0, W0, H1, W1, H2, W2, H3, W3, H4, W4, s0, s1, s2, s3, s4,
+        P1, P2, P3, P4, B, TY, TX, NUM_LEVELS)
 
     ch = c0 + tl.arange(0, CB)
     cmask = ch < C
