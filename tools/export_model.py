@@ -61,6 +61,7 @@ from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
 from roi_plugin import add_roi_plugin_config
+from roi_plugin.export import graph_nodes
 from roi_plugin.export.onnx_batch import export_batched_onnx, run_onnx_batched
 from roi_plugin.export.onnx_model import compare, example_image, export_model_onnx, run_eager, run_onnx
 from roi_plugin.export.rotated_nms import export_nms_rotated
@@ -398,18 +399,7 @@ def export_and_verify(cfg, checkpoint, out_dir, args, label, state_dict=None):
 
 def _op_types(graph) -> set:
     """The operator types of ``graph`` and of its subgraphs (``If`` branches, ``Loop`` bodies)."""
-    import onnx
-
-    ops = set()
-    for node in graph.node:
-        ops.add(node.op_type)
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                ops |= _op_types(attr.g)
-            elif attr.type == onnx.AttributeProto.GRAPHS:
-                for sub in attr.graphs:
-                    ops |= _op_types(sub)
-    return ops
+    return {node.op_type for node in graph_nodes(graph)}
 
 
 def write_results(path, summaries, args, cfg):

@@ -12,7 +12,7 @@
 The submodules are imported on use (the ONNX ones need the ``[deploy]`` extra).
 """
 
-__all__ = ["require_onnx"]
+__all__ = ["require_onnx", "graph_nodes"]
 
 
 def require_onnx():
@@ -30,3 +30,17 @@ def require_onnx():
             "pip install 'roi_plugin[deploy]'"
         ) from e
     return onnx
+
+
+def graph_nodes(graph):
+    """Every node of an ONNX ``graph`` and of its subgraphs (``If`` branches, ``Loop`` bodies),
+    depth first."""
+    onnx = require_onnx()
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from graph_nodes(attr.g)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for sub in attr.graphs:
+                    yield from graph_nodes(sub)

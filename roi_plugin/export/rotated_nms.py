@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 from ..layers.rotated_ops import box_iou_rotated_static, nms_rotated_static
-from . import require_onnx
+from . import graph_nodes, require_onnx
 
 __all__ = ["DOMAIN", "rotated_functions", "rotated_symbolics", "inline_rotated_functions", "export_nms_rotated"]
 
@@ -146,18 +146,7 @@ def rotated_symbolics(opset_version: int = 17):
 
 def _used_functions(graph) -> set:
     """Names of the :data:`DOMAIN` nodes in ``graph`` and its subgraphs."""
-    onnx = require_onnx()
-    used = set()
-    for node in graph.node:
-        if node.domain == DOMAIN:
-            used.add(node.op_type)
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                used |= _used_functions(attr.g)
-            elif attr.type == onnx.AttributeProto.GRAPHS:
-                for sub in attr.graphs:
-                    used |= _used_functions(sub)
-    return used
+    return {node.op_type for node in graph_nodes(graph) if node.domain == DOMAIN}
 
 
 def inline_rotated_functions(model, opset_version: int = 17):
