@@ -140,13 +140,18 @@ def transpose(plan: GatherPlan, exclusive: bool, alone: bool) -> TransposedPlan:
     return TransposedPlan(parts, plan.num_rows, src_bin, weight, start, plan.bins, exclusive, alone)
 
 
-def plan_budget(reference_bytes: int, itemsize: int, backward: bool = False) -> int:
-    """Taps per block: :data:`_PLAN_SHARE` of ``reference_bytes`` (the output for a forward, the
-    output and the feature gradients for a backward) in the block's taps (an int32 row and a
-    weight of ``itemsize`` bytes each; the backward sorts them, some four times that while it
-    does), at least :data:`_MIN_BLOCK_TAPS`."""
+def plan_budget(num_rois: int, output_size: Sequence[int], sizes: Sequence[Sequence[int]], itemsize: int,
+                backward: bool = False) -> int:
+    """Taps per block of a call pooling ``num_rois`` ROIs at ``output_size`` from maps of
+    ``sizes`` (B, C, H, W) in a compute dtype of ``itemsize`` bytes: :data:`_PLAN_SHARE` of what
+    the call returns (the output for a forward, the output and the feature gradients for a
+    backward) in the block's taps (an int32 row and a weight of ``itemsize`` bytes each; the
+    backward sorts them, some four times that while it does), at least :data:`_MIN_BLOCK_TAPS`."""
+    returned = num_rois * output_size[0] * output_size[1] * sizes[0][1]
+    if backward:
+        returned += sum(s[0] * s[1] * s[2] * s[3] for s in sizes)
     per_tap = (4 + itemsize) * (_SORT_FACTOR if backward else 1)
-    return max(_MIN_BLOCK_TAPS, int(_PLAN_SHARE * reference_bytes / per_tap))
+    return max(_MIN_BLOCK_TAPS, int(_PLAN_SHARE * returned * itemsize / per_tap))
 
 
 def _cuts(bag_sizes: torch.Tensor, max_taps: int) -> List[int]:

@@ -119,12 +119,9 @@ def _plan(features_or_sizes, boxes, batch, level_of, scales, output_size, y_edge
     """The PrRoIPool plan, in blocks under the budget of :func:`.gather_plan.plan_budget` (as the
     ROIAlign operators': a share of what the call returns)."""
     bhw = [(s[0], s[2], s[3]) for s in features_or_sizes]
-    returned = boxes.shape[0] * output_size[0] * output_size[1] * features_or_sizes[0][1]
-    if backward:
-        returned += sum(s[0] * s[1] * s[2] * s[3] for s in features_or_sizes)
-    itemsize = boxes.dtype.itemsize
     return upright_gather_plan(bhw, boxes, batch, level_of, scales, output_size, 0, False,
-                               plan_budget(returned * itemsize, itemsize, backward),
+                               plan_budget(boxes.shape[0], output_size, features_or_sizes, boxes.dtype.itemsize,
+                                           backward),
                                axis_rule=prroi_axis_rule(output_size, y_edge, x_edge))
 
 

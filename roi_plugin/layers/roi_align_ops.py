@@ -163,10 +163,7 @@ def _gather_plan(r: _Rois, sizes, scales, output_size, sampling_ratio: int, pool
     """The gather sampler's plan, in blocks of at most :func:`.gather_plan.plan_budget` taps: a
     share of the output (forward), of the output and the feature gradients (backward)."""
     bhw = [(s[0], s[2], s[3]) for s in sizes]
-    returned = len(r.boxes) * output_size[0] * output_size[1] * sizes[0][1]
-    if backward:
-        returned += sum(s[0] * s[1] * s[2] * s[3] for s in sizes)
-    max_taps = plan_budget(returned * r.compute_dtype.itemsize, r.compute_dtype.itemsize, backward)
+    max_taps = plan_budget(len(r.boxes), output_size, sizes, r.compute_dtype.itemsize, backward)
     if pooler_type == "ROIAlignRotated":
         return rotated_gather_plan(
             bhw, r.level_of,
